@@ -1,0 +1,208 @@
+"""The `modelbot` command: console | ask | prompt | layers | models | run.
+
+Every failure ends as one line on stderr and a nonzero exit, never a traceback
+(run with -v for logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, config_path, load_settings
+
+log = logging.getLogger("modelbot")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelbot", description="Open-weights LLMs in your chat, on your GPU.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", help="config file (default: $MODELBOT_CONFIG, else ./config.yaml)")
+        return command
+
+    console = add("console", "chat in the terminal, like in a channel")
+    console.add_argument("--model", help="model for this session (default: the console channel's model)")
+
+    ask = add("ask", "answer one prompt, streaming the reply to stdout")
+    ask.add_argument("--model")
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument("prompt", nargs="+")
+
+    prompt = add("prompt", "print the exact prompt a model is fed for a list of messages")
+    prompt.add_argument("--model")
+    prompt.add_argument("--json", action="store_true", help="print model, family, text, input_ids, stop_token_ids")
+    prompt.add_argument("--messages", required=True, help="JSON file with [{role, content}, ...] ('-' for stdin)")
+
+    layers = add("layers", "show a model's layers, 4-bit layers and memory footprint")
+    layers.add_argument("--model")
+    layers.add_argument("--full", action="store_true", help="also print the full module tree")
+
+    add("models", "list the configured models")
+
+    run = add("run", "start the chat frontends enabled in the config")
+    run.add_argument("frontends", nargs="*", help="only these (discord, slack)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        settings = load_settings(config_path(args.config))
+        return asyncio.run(COMMANDS[args.command](settings, args))
+    except ConfigError as exc:
+        print(f"modelbot: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+        log.debug("failed", exc_info=True)
+        print(f"modelbot: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # transformers' per-weight progress bars would bury the conversation
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+async def _with_app(settings: Settings, body):
+    from bot.app import build_app
+
+    app = build_app(settings)
+    try:
+        return await body(app)
+    finally:
+        await app.close()
+
+
+async def cmd_console(settings: Settings, args) -> int:
+    from bot.frontends.console import CHANNEL, run_console
+
+    async def body(app):
+        if args.model:
+            app.host.set_channel_model(CHANNEL, args.model, persist=False)
+        await run_console(app.host)
+        return 0
+
+    return await _with_app(settings, body)
+
+
+async def cmd_ask(settings: Settings, args) -> int:
+    from bot.frontends.console import ConsoleReply
+    from bot.host import ChatEvent
+
+    async def body(app):
+        channel = "cli-ask"
+        if args.model:
+            app.host.set_channel_model(channel, args.model, persist=False)
+        overrides = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
+        event = ChatEvent(channel=channel, user="cli", text=" ".join(args.prompt), history=[])
+        result = await app.host.chat(event, ConsoleReply(sys.stdout, sys.stderr, show_footer=False), overrides=overrides)
+        if result.error:
+            raise RuntimeError(result.error)
+        if result.stats:
+            print(f"[{result.stats.model} · {result.stats.tokens_per_second:.1f} tok/s]", file=sys.stderr)
+        return 0
+
+    return await _with_app(settings, body)
+
+
+async def cmd_prompt(settings: Settings, args) -> int:
+    from bot.catalog import ModelCatalog
+    from bot.plugins import load_plugins
+
+    raw = sys.stdin.read() if args.messages == "-" else Path(args.messages).read_text(encoding="utf-8")
+    try:
+        messages = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.messages}: not valid JSON ({exc})") from None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError(f"{args.messages}: expected a JSON list of {{role, content}} objects")
+    catalog = ModelCatalog(settings, load_plugins())
+    spec = catalog.spec(args.model)
+    prompt = await asyncio.to_thread(catalog.prompt, spec, messages)
+    if args.json:
+        family = catalog.backend_for(spec, catalog.tokenizer(spec).model_type).name
+        print(json.dumps({
+            "model": spec.name, "family": family, "text": prompt.text,
+            "input_ids": prompt.input_ids, "stop_token_ids": prompt.stop_token_ids,
+        }, ensure_ascii=False))
+    else:
+        sys.stdout.write(prompt.text)
+        if not prompt.text.endswith("\n"):
+            sys.stdout.write("\n")
+    return 0
+
+
+async def cmd_layers(settings: Settings, args) -> int:
+    from bot.inspect import FULL_TREE_NOTE, inspect_model
+
+    async def body(app):
+        spec = app.catalog.spec(args.model)
+        report = await app.worker.call(spec.name, lambda loaded: inspect_model(loaded.model, spec.name))
+        if args.full:
+            print(report.full_tree)
+        else:
+            print(report.summary.replace(FULL_TREE_NOTE, "(--full prints the whole tree)"))
+        return 0
+
+    return await _with_app(settings, body)
+
+
+async def cmd_models(settings: Settings, args) -> int:
+    from bot.frontends.console import ConsoleReply
+    from bot.host import ChatEvent
+
+    async def body(app):
+        # plugins that failed to load were already logged by the plugin manager
+        await app.host.handle(ChatEvent(channel="cli", user="cli", text="/models"), ConsoleReply())
+        return 0
+
+    return await _with_app(settings, body)
+
+
+async def cmd_run(settings: Settings, args) -> int:
+    wanted = args.frontends or [name for name in ("discord", "slack") if settings.sections.get(name, {}).get("enabled")]
+    if not wanted:
+        print("modelbot run: no frontend is enabled in the config (discord.enabled / slack.enabled); "
+              "use `modelbot console` to chat in the terminal", file=sys.stderr)
+    else:
+        print(f"modelbot run: the {', '.join(wanted)} frontend(s) are not part of this version yet; "
+              "nothing was started. Use `modelbot console` to chat in the terminal.", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+COMMANDS = {
+    "console": cmd_console,
+    "ask": cmd_ask,
+    "prompt": cmd_prompt,
+    "layers": cmd_layers,
+    "models": cmd_models,
+    "run": cmd_run,
+}

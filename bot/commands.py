@@ -1,0 +1,121 @@
+"""Slash commands shared by every frontend: /help /models /model /layers /compare /reset /stop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from bot.catalog import UnknownModel
+from bot.host import ChatEvent, format_footer
+from bot.reply import Reply
+
+if TYPE_CHECKING:
+    from bot.host import Host
+
+Handler = Callable[[ChatEvent, str, Reply], Awaitable[None]]
+
+
+class Commands:
+    def __init__(self, host: "Host"):
+        self.host = host
+        self.handlers: dict[str, tuple[Handler, str, str]] = {
+            "help": (self.help, "", "this list"),
+            "models": (self.models, "", "the configured models, their plugin, source, quantization and whether loaded"),
+            "model": (self.model, "[NAME]", "show or switch this channel's model"),
+            "layers": (self.layers, "[NAME]", "a model's layers, parameter counts, 4-bit layers and memory footprint"),
+            "compare": (self.compare, "[--models a,b] PROMPT", "run PROMPT through several models, one after another"),
+            "reset": (self.reset, "", "forget this channel's conversation"),
+            "stop": (self.stop, "", "stop the reply being generated in this channel"),
+        }
+
+    async def dispatch(self, event: ChatEvent, text: str, reply: Reply) -> None:
+        name, _, args = text[1:].partition(" ")
+        entry = self.handlers.get(name.lower())
+        if entry is None:
+            await reply.send(f"Unknown command /{name}. Commands: {', '.join('/' + n for n in self.handlers)}")
+            return
+        await entry[0](event, args.strip(), reply)
+
+    async def help(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        lines = ["Talk to me in plain text; I answer with this channel's model. Commands:"]
+        lines += [f"/{name} {usage}".rstrip() + f" — {about}" for name, (_, usage, about) in self.handlers.items()]
+        await reply.send("\n".join(lines))
+
+    async def models(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        host = self.host
+        loaded = set(host.worker.loaded_names())
+        current = host.channel_model(event.channel).name
+        rows = [("", "name", "plugin", "quantization", "loaded", "source")]
+        for spec in host.settings.models:
+            plugin = host.catalog.guess_backend_name(spec)
+            owner = host.catalog.registry.owners.get(plugin, "")
+            rows.append((
+                "*" if spec.name == current else "",
+                spec.name,
+                f"{plugin} ({owner})" if owner else plugin,
+                spec.quantization,
+                "yes" if spec.name in loaded else "no",
+                spec.source,
+            ))
+        await reply.send("```\n" + _table(rows) + "\n```\n* = this channel's model")
+
+    async def model(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        if not args:
+            current = self.host.channel_model(event.channel)
+            await reply.send(f"This channel uses {current.name}. Switch with /model NAME "
+                             f"({', '.join(self.host.settings.model_names)}).")
+            return
+        spec = self.host.set_channel_model(event.channel, args.split()[0])
+        await reply.send(f"This channel now uses {spec.name}.")
+
+    async def layers(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        from bot.inspect import inspect_model
+
+        host = self.host
+        spec = host.catalog.spec(args.split()[0]) if args else host.channel_model(event.channel)
+        if spec.name not in host.worker.loaded_names():
+            await reply.progress(f"loading {spec.name}…")
+        report = await host.worker.call(spec.name, lambda loaded: inspect_model(loaded.model, spec.name))
+        await reply.send(report.summary)  # Markdown with its own code block
+        await reply.send_file(f"{spec.name}-layers.txt", report.full_tree, caption="full module tree")
+
+    async def compare(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        host = self.host
+        names, prompt = _parse_compare(args, host.settings.model_names)
+        if not prompt:
+            await reply.send("Usage: /compare [--models a,b] PROMPT")
+            return
+        for name in names:
+            if host.settings.model(name) is None:
+                raise UnknownModel(name, host.settings.model_names)
+        for name in names:
+            spec = host.settings.model(name)
+            # each model gets its own labelled reply; a failing model does not stop the others
+            await host.run_model(
+                spec, [{"role": "user", "content": prompt}], reply.stream(header=f"── {name} ──"), reply, event,
+                footer=lambda stats: format_footer(stats, with_footprint=True),
+            )
+
+    async def reset(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        self.host.history.reset(event.channel)
+        await reply.send("Conversation forgotten; the next message starts fresh.")
+
+    async def stop(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        active = self.host.worker.active_jobs(event.channel)
+        for stream in active:
+            stream.cancel()
+        await reply.send("Stopped." if active else "Nothing is being generated here.")
+
+
+def _parse_compare(args: str, all_models: list[str]) -> tuple[list[str], str]:
+    if args.startswith("--models"):
+        parts = args.split(maxsplit=2)
+        if len(parts) < 2:
+            return [], ""
+        names = [n.strip() for n in parts[1].split(",") if n.strip()]
+        return names, parts[2].strip() if len(parts) > 2 else ""
+    return list(all_models), args.strip()
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,218 @@
+"""config.yaml -> typed settings.
+
+Every problem is reported as one ConfigError naming the key (``models[1].quantization``)
+and what is wrong with it; ``${VAR}`` in any string value reads the environment.
+Frontend sections (``discord:``, ``slack:``) are kept as plain mappings here and
+validated by their own frontends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.backend import QUANTIZATION_MODES
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+CONFIG_ENV = "MODELBOT_CONFIG"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_GENERATION_KEYS = {
+    "max_new_tokens": int,
+    "do_sample": bool,
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "top_k": int,
+    "repetition_penalty": (int, float),
+}
+
+
+class ConfigError(Exception):
+    """A config problem a user can fix; str() is the one-line message to show."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    quantization: str = "auto"
+    family: str | None = None  # overrides plugin detection
+    model_type: str | None = None  # overrides config.json's model_type
+    trust_remote_code: bool = False
+    generation: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: list[ModelSpec]
+    default_model: str
+    device: str = "auto"
+    cache_dir: Path = Path("~/.cache/modelbot").expanduser()
+    store_path: Path = Path("modelbot.sqlite3")
+    max_resident_models: int = 1
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # discord:, slack:, ...
+    path: Path | None = None
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+def config_path(explicit: str | None) -> Path:
+    """--config, else $MODELBOT_CONFIG, else ./config.yaml."""
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+
+
+def load_settings(path: Path) -> Settings:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (pass --config PATH or set {CONFIG_ENV})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_settings(raw, base_dir=path.resolve().parent, path=path)
+
+
+def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settings:
+    if raw is None:
+        raw = {}
+    _expect(raw, dict, "top level", "a mapping")
+    raw = _interpolate(raw, "")
+    known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models",
+             "discord", "slack", "console"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(known))})")
+
+    models_raw = raw.get("models")
+    if not models_raw:
+        raise ConfigError("models: at least one model must be configured")
+    _expect(models_raw, list, "models", "a list of model entries")
+    models = [_parse_model(entry, f"models[{i}]", base_dir) for i, entry in enumerate(models_raw)]
+    seen: set[str] = set()
+    for i, model in enumerate(models):
+        if model.name in seen:
+            raise ConfigError(f"models[{i}].name: {model.name!r} is used twice")
+        seen.add(model.name)
+
+    default_model = raw.get("default_model", models[0].name)
+    if default_model not in seen:
+        raise ConfigError(f"default_model: {default_model!r} is not a configured model ({', '.join(sorted(seen))})")
+
+    device = str(raw.get("device", "auto"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N (got {device!r})")
+
+    max_resident = raw.get("max_resident_models", 1)
+    if not isinstance(max_resident, int) or isinstance(max_resident, bool) or max_resident < 1:
+        raise ConfigError(f"max_resident_models: must be a whole number >= 1 (got {max_resident!r})")
+
+    sections = {}
+    for name in ("discord", "slack", "console"):
+        section = raw.get(name) or {}
+        _expect(section, dict, name, "a mapping")
+        sections[name] = section
+
+    return Settings(
+        models=models,
+        default_model=default_model,
+        device=device,
+        cache_dir=_path(raw.get("cache_dir", "~/.cache/modelbot"), "cache_dir", base_dir),
+        store_path=_path(raw.get("store", "modelbot.sqlite3"), "store", base_dir),
+        max_resident_models=max_resident,
+        sections=sections,
+        path=path,
+    )
+
+
+def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
+    _expect(entry, dict, key, "a mapping with at least name and source")
+    allowed = {"name", "source", "quantization", "family", "model_type", "trust_remote_code",
+               "generation", "system_prompt"}
+    for field_name in entry:
+        if field_name not in allowed:
+            raise ConfigError(f"{key}.{field_name}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    for required in ("name", "source"):
+        if not entry.get(required):
+            raise ConfigError(f"{key}.{required}: missing")
+    name = str(entry["name"])
+    if not _MODEL_NAME.match(name):
+        raise ConfigError(f"{key}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    quantization = str(entry.get("quantization", "auto")).lower()
+    if quantization not in QUANTIZATION_MODES:
+        raise ConfigError(f"{key}.quantization: must be one of {', '.join(QUANTIZATION_MODES)} (got {quantization!r})")
+    trust = entry.get("trust_remote_code", False)
+    _expect(trust, bool, f"{key}.trust_remote_code", "true or false")
+    generation = entry.get("generation") or {}
+    _expect(generation, dict, f"{key}.generation", "a mapping")
+    for gen_key, value in generation.items():
+        expected = _GENERATION_KEYS.get(gen_key)
+        if expected is None:
+            raise ConfigError(f"{key}.generation.{gen_key}: unknown setting (known: {', '.join(_GENERATION_KEYS)})")
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise ConfigError(f"{key}.generation.{gen_key}: wrong type {type(value).__name__} ({value!r})")
+    if "max_new_tokens" in generation and generation["max_new_tokens"] < 1:
+        raise ConfigError(f"{key}.generation.max_new_tokens: must be >= 1")
+    return ModelSpec(
+        name=name,
+        source=_resolve_source(str(entry["source"]), base_dir),
+        quantization=quantization,
+        family=entry.get("family"),
+        model_type=entry.get("model_type"),
+        trust_remote_code=trust,
+        generation=dict(generation),
+        system_prompt=entry.get("system_prompt"),
+    )
+
+
+def _resolve_source(source: str, base_dir: Path) -> str:
+    """Relative local paths are relative to the config file; hub ids and package: stay as they are."""
+    if source.startswith("package:"):
+        return source
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    looks_local = source.startswith(("./", "../", "~", "/")) or source.endswith(".gguf")
+    return str(path.resolve()) if looks_local or path.exists() else source
+
+
+def _path(value: Any, key: str, base_dir: Path) -> Path:
+    _expect(value, str, key, "a path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _interpolate(value: Any, key: str) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in every string, naming the key when VAR is unset."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{key}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _expect(value: Any, kind: type | tuple, key: str, what: str) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key}: must be {what} (got {type(value).__name__})")

@@ -1,0 +1,81 @@
+"""The console frontend: a terminal that behaves like one chat channel.
+
+Replies stream to stdout token by token; progress and notices go to stderr so that
+stdout carries only the conversation (useful when piping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TextIO
+
+from bot.host import ChatEvent, Host
+
+CHANNEL = "console"
+
+
+class ConsoleStream:
+    def __init__(self, out: TextIO, header: str = "", show_footer: bool = True):
+        self._out = out
+        self._show_footer = show_footer
+        self._wrote_any = False
+        if header:
+            self._print(header + "\n")
+
+    def _print(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+    async def write(self, delta: str) -> None:
+        self._wrote_any = True
+        self._print(delta)
+
+    async def finish(self, footer: str) -> None:
+        shown = f"[{footer}]\n" if footer and self._show_footer else ""
+        self._print(("\n" if self._wrote_any else "") + shown)
+
+    async def fail(self, message: str) -> None:
+        self._print(("\n" if self._wrote_any else "") + f"error: {message}\n")
+
+
+class ConsoleReply:
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_footer: bool = True):
+        self.out, self.err = out, err
+        self.show_footer = show_footer
+
+    async def send(self, text: str) -> None:
+        self.out.write(text.rstrip("\n") + "\n")
+        self.out.flush()
+
+    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+        self.out.write(f"--- {filename}{' (' + caption + ')' if caption else ''} ---\n{content.rstrip()}\n--- end of {filename} ---\n")
+        self.out.flush()
+
+    async def progress(self, text: str) -> None:
+        self.err.write(f"… {text}\n")
+        self.err.flush()
+
+    def stream(self, header: str = "") -> ConsoleStream:
+        return ConsoleStream(self.out, header, self.show_footer)
+
+
+async def run_console(host: Host, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    """Read lines until EOF or /quit; each line is a message in the console channel."""
+    interactive = stdin.isatty()
+    reply = ConsoleReply(out, err)
+    model = host.channel_model(CHANNEL).name
+    err.write(f"modelbot console — model {model}. /help for commands, /quit or Ctrl-D to leave.\n")
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = await asyncio.to_thread(stdin.readline)
+        if not line:
+            break
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            break
+        if not text:
+            continue
+        await host.handle(ChatEvent(channel=CHANNEL, user="console", text=text), reply)

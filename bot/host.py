@@ -1,0 +1,162 @@
+"""The host: routes a chat event to a command or to the model, for every frontend alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from bot.backend import BackendError
+from bot.catalog import ModelCatalog, UnknownModel
+from bot.config import ModelSpec, Settings
+from bot.conversation import ChannelHistory, fit_to_context
+from bot.inspect import human_bytes
+from bot.reply import Reply, ReplyStream
+from bot.sources import SourceError
+from bot.store import Store
+from bot.worker import GenerationFailed, GenerationJob, GenerationStats, Worker
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+# Failures whose message is already written for the user.
+USER_FACING_ERRORS = (UnknownModel, BackendError, SourceError, GenerationFailed)
+
+
+@dataclass
+class ChatEvent:
+    channel: str
+    user: str
+    text: str
+    #: the conversation so far as the platform knows it (reply chain, thread); None means the
+    #: host keeps the channel's history itself (the console)
+    history: list[dict] | None = None
+
+
+@dataclass
+class ChatResult:
+    text: str
+    stats: GenerationStats | None
+    error: str | None = None
+
+
+class Host:
+    def __init__(self, settings: Settings, catalog: ModelCatalog, store: Store, worker: Worker):
+        from bot.commands import Commands
+
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.worker = worker
+        self.history = ChannelHistory()
+        self.commands = Commands(self)
+        self._session_models: dict[str, str] = {}  # channel -> model, not persisted (console --model)
+
+    async def handle(self, event: ChatEvent, reply: Reply) -> None:
+        """Answer one event; whatever happens, the user gets a message."""
+        text = event.text.strip()
+        try:
+            if text.startswith("/"):
+                await self.commands.dispatch(event, text, reply)
+            elif text:
+                await self.chat(event, reply)
+            else:
+                await reply.send("Say something, or /help for commands.")
+        except USER_FACING_ERRORS as exc:
+            await reply.send(f"error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - never leave a user without an answer
+            log.exception("unexpected failure handling %r in %s", text[:80], event.channel)
+            await reply.send(f"error: something went wrong ({type(exc).__name__}: {exc})")
+
+    # -- model choice ---------------------------------------------------------------------------
+    def channel_model(self, channel: str) -> ModelSpec:
+        chosen = self._session_models.get(channel) or self.store.get(channel, MODEL_KEY)
+        if chosen and self.settings.model(chosen):
+            return self.settings.model(chosen)
+        return self.catalog.spec(None)
+
+    def set_channel_model(self, channel: str, name: str, persist: bool = True) -> ModelSpec:
+        spec = self.catalog.spec(name)  # raises UnknownModel with the valid names
+        if persist:
+            self._session_models.pop(channel, None)
+            self.store.set(channel, MODEL_KEY, spec.name)
+        else:
+            self._session_models[channel] = spec.name
+        return spec
+
+    # -- chat -------------------------------------------------------------------------------------
+    async def chat(self, event: ChatEvent, reply: Reply, *, overrides: dict | None = None) -> ChatResult:
+        spec = self.channel_model(event.channel)
+        keeps_history = event.history is None
+        history = self.history.get(event.channel) if keeps_history else list(event.history)
+        messages = [*history, {"role": "user", "content": event.text.strip()}]
+        result = await self.run_model(spec, messages, reply.stream(), reply, event, overrides)
+        if keeps_history and result.error is None:
+            self.history.add(event.channel, "user", event.text.strip())
+            self.history.add(event.channel, "assistant", result.text)
+        return result
+
+    async def run_model(
+        self,
+        spec: ModelSpec,
+        messages: list[dict],
+        stream: ReplyStream,
+        reply: Reply,
+        event: ChatEvent,
+        overrides: dict | None = None,
+        footer: Callable[[GenerationStats | None], str] = lambda stats: format_footer(stats),
+    ) -> ChatResult:
+        """Prompt -> worker -> streamed reply, with a footer or an error at the end."""
+        try:
+            info = await asyncio.to_thread(self.catalog.tokenizer, spec)
+            settings = self.catalog.generation_settings(spec, info.model_type, overrides)
+            reply_tokens = settings.get("max_new_tokens", 512)
+            trimmed = await asyncio.to_thread(
+                fit_to_context, messages, lambda m: self.catalog.prompt(spec, m), info.context_length, reply_tokens
+            )
+            # never ask for more tokens than the context has room for
+            settings["max_new_tokens"] = max(1, min(reply_tokens, info.context_length - len(trimmed.prompt.input_ids)))
+            if trimmed.dropped:
+                await reply.progress(f"(the {trimmed.dropped} oldest messages did not fit {spec.name}'s context and were left out)")
+            job = GenerationJob(
+                model=spec.name,
+                input_ids=trimmed.prompt.input_ids,
+                stop_token_ids=trimmed.prompt.stop_token_ids,
+                settings=settings,
+                user=event.user,
+                channel=event.channel,
+            )
+            generation = self.worker.submit(job, self._progress_sink(reply, spec))
+            parts: list[str] = []
+            async for delta in generation:
+                parts.append(delta)
+                await stream.write(delta)
+        except USER_FACING_ERRORS as exc:
+            await stream.fail(str(exc))
+            return ChatResult("", None, str(exc))
+        stats = generation.stats
+        await stream.finish(footer(stats))
+        return ChatResult("".join(parts), stats)
+
+    def _progress_sink(self, reply: Reply, spec: ModelSpec) -> Callable[[str], None]:
+        """A callback the worker thread may call; the message reaches the frontend on the loop."""
+        loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(reply.progress(message)))
+
+        return report
+
+
+def format_footer(stats: GenerationStats | None, with_footprint: bool = False) -> str:
+    if stats is None:
+        return ""
+    parts = [stats.model, f"{stats.tokens_per_second:.1f} tok/s", f"{stats.new_tokens} tokens"]
+    if with_footprint and stats.footprint_bytes:
+        parts.append(f"{human_bytes(stats.footprint_bytes)} in memory")
+    if stats.stopped_by == "length":
+        parts.append("stopped at the token limit")
+    elif stats.stopped_by == "cancelled":
+        parts.append("stopped")
+    return " · ".join(parts)

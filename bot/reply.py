@@ -1,0 +1,34 @@
+"""What a frontend provides so the host can answer: messages, files and streamed replies.
+
+The host speaks only this protocol; each frontend (console, Discord, Slack) implements it
+for its platform, including throttled edits and message splitting for streamed replies.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ReplyStream(Protocol):
+    async def write(self, delta: str) -> None:
+        """Append generated text to the reply."""
+
+    async def finish(self, footer: str) -> None:
+        """The reply is complete; footer is a short line such as 'smollm2 · 24.1 tok/s'."""
+
+    async def fail(self, message: str) -> None:
+        """The reply ended with an error; message says what went wrong."""
+
+
+class Reply(Protocol):
+    async def send(self, text: str) -> None:
+        """Post a complete message (Markdown)."""
+
+    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+        """Post a text attachment, with an optional caption."""
+
+    async def progress(self, text: str) -> None:
+        """Show a transient status such as 'loading gemma-2-2b…'."""
+
+    def stream(self, header: str = "") -> ReplyStream:
+        """Start a streamed reply, optionally under a header line (used by /compare)."""
