@@ -38,6 +38,26 @@ class LoadRecipe:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def fold_system_into_first_user(messages: list[dict]) -> list[dict]:
+    """System text, a blank line, then the first user text (Gemma 3's own rule), for
+    templates without a system role."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    first_user = next((m for m in rest if m["role"] == "user"), None)
+    if system and first_user is not None:
+        first_user["content"] = f"{system}\n\n{first_user['content']}"
+    return rest
+
+
+def drop_leading_assistant_turns(messages: list[dict]) -> list[dict]:
+    """Strictly alternating templates must open with a user turn (after any system turn)."""
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    while turns and turns[0]["role"] != "user":
+        turns.pop(0)
+    return system + turns
+
+
 class FamilyBackend:
     """Base class for a model family. Subclasses set the class attributes and override hooks."""
 
@@ -120,19 +140,26 @@ class FamilyBackend:
         """
         normalized = self.normalize_messages(messages, model_type)
         template = self.chat_template(tokenizer, model_type)
+        if "system" not in template:
+            # A template that never mentions a system role drops or rejects one (Phi-3 mini,
+            # Mistral v0.1/v0.2): keep its text by folding it into the first user turn.
+            normalized = fold_system_into_first_user(normalized)
         extra = self.template_kwargs(model_type)
-        text = tokenizer.apply_chat_template(
-            normalized, chat_template=template, add_generation_prompt=True, tokenize=False, **extra
-        )
-        input_ids = tokenizer.apply_chat_template(
-            normalized,
-            chat_template=template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-            sanitize_control_tokens=True,
-            **extra,
-        )
+        try:
+            text = tokenizer.apply_chat_template(
+                normalized, chat_template=template, add_generation_prompt=True, tokenize=False, **extra
+            )
+            input_ids = tokenizer.apply_chat_template(
+                normalized,
+                chat_template=template,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+                sanitize_control_tokens=True,
+                **extra,
+            )
+        except Exception as exc:  # jinja2's TemplateError, or raise_exception() inside a template
+            raise BackendError(f"the {self.name} chat template rejected this conversation: {exc}") from exc
         return Prompt(
             text=text,
             input_ids=[int(i) for i in input_ids],
@@ -149,8 +176,11 @@ class FamilyBackend:
             ids.update(int(i) for i in eos)
         if tokenizer.eos_token_id is not None:
             ids.add(int(tokenizer.eos_token_id))
-        vocab = tokenizer.get_vocab()
-        ids.update(vocab[token] for token in self.turn_end_tokens if token in vocab)
+        for token in self.turn_end_tokens:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            # unknown tokens map to unk: keep only ids that really are this token
+            if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+                ids.add(token_id)
         return sorted(ids)
 
     # -- loading ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ from typing import Any, Callable
 from bot.backend import BackendError, FamilyBackend, LoadRecipe, Prompt
 from bot.config import ModelSpec, Settings
 from bot.plugins import BackendRegistry
-from bot.sources import ResolvedSource, checkpoint_location, convert_gguf, resolve_source
+from bot.sources import ResolvedSource, SourceError, checkpoint_location, convert_gguf, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,17 @@ class LoadedModel:
 
     def footprint_bytes(self) -> int:
         return int(self.model.get_memory_footprint())
+
+
+@contextmanager
+def _explained_load_errors(spec: ModelSpec, resolved: ResolvedSource):
+    """transformers' file errors, reworded to say which model and where to look."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = " (check the hub id, the network, and HF_TOKEN for gated models)" if resolved.kind == "hub" else ""
+        raise SourceError(f"could not load model {spec.name} from {spec.source}: {detail}{hint}") from exc
 
 
 def resolve_device(setting: str) -> str:
@@ -130,8 +142,9 @@ class ModelCatalog:
             else:
                 args = {}
             args["trust_remote_code"] = spec.trust_remote_code
-            tokenizer = AutoTokenizer.from_pretrained(location, **args)
-            config = AutoConfig.from_pretrained(location, **args)
+            with _explained_load_errors(spec, resolved):
+                tokenizer = AutoTokenizer.from_pretrained(location, **args)
+                config = AutoConfig.from_pretrained(location, **args)
             context = getattr(config, "max_position_embeddings", None) or 4096
             self._tokenizers[spec.name] = TokenizerInfo(tokenizer, spec.model_type or config.model_type, int(context))
         return self._tokenizers[spec.name]
@@ -173,13 +186,14 @@ class ModelCatalog:
         location = self.checkpoint(spec, progress)
         info = self.tokenizer(spec)
         backend = self.backend_for(spec, info.model_type)
-        recipe = backend.load_recipe(spec.quantization, self.device)
+        recipe = backend.load_recipe(spec.quantization, self.device, info.model_type)
         progress(f"loading {spec.name} ({backend.name}, {recipe.quantization}) on {self.device}")
         kwargs = dict(recipe.kwargs, trust_remote_code=spec.trust_remote_code)
         if recipe.quantization_config is not None:
             kwargs["quantization_config"] = recipe.quantization_config
         kwargs["device_map"] = self.device
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        with _explained_load_errors(spec, self._resolved(spec)):
+            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         model.eval()
         loaded = LoadedModel(
             spec=spec, backend=backend, model=model, tokenizer=info.tokenizer, model_type=info.model_type,

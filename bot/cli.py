@@ -123,7 +123,7 @@ async def cmd_ask(settings: Settings, args) -> int:
             app.host.set_channel_model(channel, args.model, persist=False)
         overrides = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
         event = ChatEvent(channel=channel, user="cli", text=" ".join(args.prompt), history=[])
-        result = await app.host.chat(event, ConsoleReply(sys.stdout, sys.stderr, show_footer=False), overrides=overrides)
+        result = await app.host.chat(event, ConsoleReply(sys.stdout, sys.stderr, show_footer=False, show_errors=False), overrides=overrides)
         if result.error:
             raise RuntimeError(result.error)
         if result.stats:

@@ -126,3 +126,55 @@ def test_compare_labels_each_model_with_speed_and_footprint(tmp_path):
     assert text.count("Paris") >= 2
     assert text.count("tok/s") == 2 and text.count("MB in memory") == 2
     assert loaded == ["small-a", "small-b"]
+
+
+def test_failures_become_messages_and_the_bot_goes_on(tmp_path):
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    config = write_config(tmp_path, [smollm2("good"), {"name": "missing", "source": str(tmp_path / "gone")},
+                                     {"name": "empty", "source": str(empty), "family": "llama"}])
+
+    async def session():
+        app = build_app(load_settings(config))
+        out = RecordingOut()
+        reply = ConsoleReply(out, RecordingOut())
+        try:
+            texts = []
+            for channel_model in ("missing", "empty", "good"):
+                out.writes.clear()
+                await app.host.handle(ChatEvent("c", "u", f"/model {channel_model}"), reply)
+                await app.host.handle(ChatEvent("c", "u", CAPITAL_QUESTION), reply)
+                texts.append(out.text)
+            return texts
+        finally:
+            await app.close()
+
+    missing, empty_dir, good = asyncio.run(session())
+    assert f"error: model directory {tmp_path / 'gone'} does not exist" in missing
+    assert f"error: could not load model empty from {empty}" in empty_dir
+    assert "Paris" in good and "error" not in good
+
+
+def test_stop_cancels_the_reply_in_progress(tmp_path):
+    config = write_config(tmp_path, [smollm2(generation={"do_sample": False, "max_new_tokens": 400})])
+
+    async def session():
+        app = build_app(load_settings(config))
+        out = RecordingOut()
+        try:
+            answering = asyncio.create_task(app.host.handle(
+                ChatEvent("c", "u", "Write a long story about a dragon."), ConsoleReply(out, RecordingOut())))
+            while not out.writes:  # wait for the first streamed text
+                await asyncio.sleep(0.05)
+            stop_out = RecordingOut()
+            await app.host.handle(ChatEvent("c", "u", "/stop"), ConsoleReply(stop_out, RecordingOut()))
+            await asyncio.wait_for(answering, timeout=60)
+            return out.text, stop_out.text
+        finally:
+            await app.close()
+
+    story, stop_text = asyncio.run(session())
+    assert stop_text.strip() == "Stopped."
+    footer = story.strip().splitlines()[-1]
+    assert footer.endswith("· stopped]")
+    assert int(footer.split(" tokens")[0].rsplit(" ", 1)[1]) < 400

@@ -16,9 +16,10 @@ CHANNEL = "console"
 
 
 class ConsoleStream:
-    def __init__(self, out: TextIO, header: str = "", show_footer: bool = True):
+    def __init__(self, out: TextIO, header: str = "", show_footer: bool = True, show_errors: bool = True):
         self._out = out
         self._show_footer = show_footer
+        self._show_errors = show_errors
         self._wrote_any = False
         if header:
             self._print(header + "\n")
@@ -36,13 +37,16 @@ class ConsoleStream:
         self._print(("\n" if self._wrote_any else "") + shown)
 
     async def fail(self, message: str) -> None:
-        self._print(("\n" if self._wrote_any else "") + f"error: {message}\n")
+        shown = f"error: {message}\n" if self._show_errors else ""
+        self._print(("\n" if self._wrote_any else "") + shown)
 
 
 class ConsoleReply:
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_footer: bool = True):
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_footer: bool = True,
+                 show_errors: bool = True):
+        """show_footer/show_errors off: stdout carries only the reply (`modelbot ask`)."""
         self.out, self.err = out, err
-        self.show_footer = show_footer
+        self.show_footer, self.show_errors = show_footer, show_errors
 
     async def send(self, text: str) -> None:
         self.out.write(text.rstrip("\n") + "\n")
@@ -57,7 +61,7 @@ class ConsoleReply:
         self.err.flush()
 
     def stream(self, header: str = "") -> ConsoleStream:
-        return ConsoleStream(self.out, header, self.show_footer)
+        return ConsoleStream(self.out, header, self.show_footer, self.show_errors)
 
 
 async def run_console(host: Host, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:

@@ -1,0 +1,1 @@
+"""Built-in family plugins, one module per model family, registered like third-party ones."""
