@@ -187,7 +187,8 @@ class ModelCatalog:
         info = self.tokenizer(spec)
         backend = self.backend_for(spec, info.model_type)
         recipe = backend.load_recipe(spec.quantization, self.device, info.model_type)
-        progress(f"loading {spec.name} ({backend.name}, {recipe.quantization}) on {self.device}")
+        precision = "full precision" if recipe.quantization == "none" else recipe.quantization.upper()
+        progress(f"loading {spec.name} ({backend.name} plugin, {precision}) on {self.device}")
         kwargs = dict(recipe.kwargs, trust_remote_code=spec.trust_remote_code)
         if recipe.quantization_config is not None:
             kwargs["quantization_config"] = recipe.quantization_config

@@ -80,3 +80,11 @@ def test_missing_config_file_is_explained(tmp_path):
     done = subprocess.run(cli("models"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=60)
     assert done.returncode == 2
     assert "config.yaml not found (pass --config PATH or set MODELBOT_CONFIG)" in done.stderr
+
+
+def test_run_without_frontends_says_so(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("models:\n  - name: m\n    source: org/x\ndiscord:\n  enabled: true\n")
+    done = subprocess.run(cli("run", "--config", str(config)), capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert done.returncode == 1
+    assert "the discord frontend(s) are not part of this version yet; nothing was started" in done.stderr
