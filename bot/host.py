@@ -52,6 +52,7 @@ class Host:
         self.history = ChannelHistory()
         self.commands = Commands(self)
         self._session_models: dict[str, str] = {}  # channel -> model, not persisted (console --model)
+        self._progress_tasks: set[asyncio.Task] = set()
 
     async def handle(self, event: ChatEvent, reply: Reply) -> None:
         """Answer one event; whatever happens, the user gets a message."""
@@ -143,8 +144,13 @@ class Host:
         """A callback the worker thread may call; the message reaches the frontend on the loop."""
         loop = asyncio.get_running_loop()
 
+        def show(message: str) -> None:
+            task = loop.create_task(reply.progress(message))
+            self._progress_tasks.add(task)  # asyncio keeps only weak references to tasks
+            task.add_done_callback(self._progress_tasks.discard)
+
         def report(message: str) -> None:
-            loop.call_soon_threadsafe(lambda: loop.create_task(reply.progress(message)))
+            loop.call_soon_threadsafe(show, message)
 
         return report
 
