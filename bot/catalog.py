@@ -7,6 +7,7 @@ from the worker's thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -112,11 +113,23 @@ class ModelCatalog:
         return backend
 
     def guess_backend_name(self, spec: ModelSpec) -> str:
-        """For listings: the plugin name without reading any model files."""
+        """For listings: the plugin name without loading anything (a local config.json at most)."""
         try:
-            return self.backend_for(spec).name
-        except BackendError:
+            return self.backend_for(spec, self._local_model_type(spec)).name
+        except (BackendError, SourceError):
             return "?"
+
+    def _local_model_type(self, spec: ModelSpec) -> str | None:
+        if spec.name in self._tokenizers:
+            return self._tokenizers[spec.name].model_type
+        location = checkpoint_location(self._resolved(spec), self.settings.cache_dir)
+        config_file = Path(location, "config.json") if location else None
+        if config_file is None or not config_file.is_file():
+            return None
+        try:
+            return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError):
+            return None
 
     # -- files ------------------------------------------------------------------------------
     def _resolved(self, spec: ModelSpec) -> ResolvedSource:

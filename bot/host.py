@@ -116,8 +116,13 @@ class Host:
             trimmed = await asyncio.to_thread(
                 fit_to_context, messages, lambda m: self.catalog.prompt(spec, m), info.context_length, reply_tokens
             )
+            prompt_tokens = len(trimmed.prompt.input_ids)
+            if prompt_tokens >= info.context_length:
+                raise BackendError(
+                    f"the message is {prompt_tokens} tokens long; {spec.name} reads at most {info.context_length}"
+                )
             # never ask for more tokens than the context has room for
-            settings["max_new_tokens"] = max(1, min(reply_tokens, info.context_length - len(trimmed.prompt.input_ids)))
+            settings["max_new_tokens"] = min(reply_tokens, info.context_length - prompt_tokens)
             if trimmed.dropped:
                 await reply.progress(f"(the {trimmed.dropped} oldest messages did not fit {spec.name}'s context and were left out)")
             job = GenerationJob(
