@@ -29,7 +29,7 @@ def test_layers_reports_nf4_and_footprint(tmp_path):
     async def ask_layers():
         app = build_app(load_settings(config))
         out = RecordingOut()
-        reply = ConsoleReply(out, RecordingOut())
+        reply = ConsoleReply(out, RecordingOut(), attachments_dir=tmp_path / "attachments")
         try:
             await app.host.handle(ChatEvent("c", "u", "/layers nf4"), reply)
             nf4 = out.text
@@ -54,7 +54,9 @@ def test_layers_reports_nf4_and_footprint(tmp_path):
     assert _footprint_mb(fp32) > 500
     assert _footprint_mb(nf4) < 0.4 * _footprint_mb(fp32)
     # the full tree came as an attachment after the summary
-    assert "--- nf4-layers.txt (full module tree) ---" in nf4
+    attachment = tmp_path / "attachments" / "nf4-layers.txt"
+    assert f"[full module tree saved to {attachment}]" in nf4
+    assert "(q_proj): Linear4bit(in_features=576, out_features=576, bias=False)" in attachment.read_text()
     assert "Paris" in answer
 
 

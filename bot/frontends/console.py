@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
+from pathlib import Path
 from typing import TextIO
 
 from bot.host import ChatEvent, Host
@@ -43,9 +45,10 @@ class ConsoleStream:
 
 class ConsoleReply:
     def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_footer: bool = True,
-                 show_errors: bool = True):
+                 show_errors: bool = True, attachments_dir: Path | None = None):
         """show_footer/show_errors off: stdout carries only the reply (`modelbot ask`)."""
         self.out, self.err = out, err
+        self.attachments_dir = attachments_dir or Path(tempfile.gettempdir()) / "modelbot"
         self.show_footer, self.show_errors = show_footer, show_errors
 
     async def send(self, text: str) -> None:
@@ -53,7 +56,11 @@ class ConsoleReply:
         self.out.flush()
 
     async def send_file(self, filename: str, content: str, caption: str = "") -> None:
-        self.out.write(f"--- {filename}{' (' + caption + ')' if caption else ''} ---\n{content.rstrip()}\n--- end of {filename} ---\n")
+        # A terminal has no attachments: save the file and say where, instead of flooding the screen.
+        self.attachments_dir.mkdir(parents=True, exist_ok=True)
+        path = self.attachments_dir / Path(filename).name
+        path.write_text(content, encoding="utf-8")
+        self.out.write(f"[{caption or 'attachment'} saved to {path}]\n")
         self.out.flush()
 
     async def progress(self, text: str) -> None:
