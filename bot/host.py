@@ -106,7 +106,7 @@ class Host:
         reply: Reply,
         event: ChatEvent,
         overrides: dict | None = None,
-        footer: Callable[[GenerationStats | None], str] = lambda stats: format_footer(stats),
+        footer: Callable[[GenerationStats | None], str] | None = None,
     ) -> ChatResult:
         """Prompt -> worker -> streamed reply, with a footer or an error at the end."""
         try:
@@ -133,19 +133,23 @@ class Host:
                 user=event.user,
                 channel=event.channel,
             )
-            generation = self.worker.submit(job, self._progress_sink(reply, spec))
+            generation = self.worker.submit(job, self._progress_sink(reply))
             parts: list[str] = []
-            async for delta in generation:
-                parts.append(delta)
-                await stream.write(delta)
+            try:
+                async for delta in generation:
+                    parts.append(delta)
+                    await stream.write(delta)
+            finally:
+                if generation.stats is None:  # left early (task cancelled, frontend failed): free the worker
+                    generation.cancel()
         except USER_FACING_ERRORS as exc:
             await stream.fail(str(exc))
             return ChatResult("", None, str(exc))
         stats = generation.stats
-        await stream.finish(footer(stats))
+        await stream.finish((footer or format_footer)(stats))
         return ChatResult("".join(parts), stats)
 
-    def _progress_sink(self, reply: Reply, spec: ModelSpec) -> Callable[[str], None]:
+    def _progress_sink(self, reply: Reply) -> Callable[[str], None]:
         """A callback the worker thread may call; the message reaches the frontend on the loop."""
         loop = asyncio.get_running_loop()
 
