@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ def convert_gguf(resolved: ResolvedSource, cache_dir: Path, progress: Callable[[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = converted_dir(resolved.location, cache_dir)
-    staging = target.with_name(target.name + ".partial")
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     progress(f"converting {resolved.gguf_name} to a cached checkpoint (once; this takes a while)")
     tokenizer = AutoTokenizer.from_pretrained(resolved.gguf_dir, gguf_file=resolved.gguf_name)
@@ -115,15 +116,21 @@ def convert_gguf(resolved: ResolvedSource, cache_dir: Path, progress: Callable[[
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(gguf_model.state_dict(), strict=True)
+    # Built on the meta device and given the GGUF model's tensors (assign=True): no second
+    # copy of the weights, which for an 8B model would be another 32 GB of RAM.
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
     fresh.generation_config = gguf_model.generation_config
     staging.mkdir(parents=True)
     fresh.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / _CONVERTED_MARKER).write_text(json.dumps({"gguf": resolved.location}))
     del gguf_model, fresh
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # atomic: a half-written conversion is never mistaken for a good one
+    if (target / _CONVERTED_MARKER).is_file():  # another process finished first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # atomic: a half-written conversion is never mistaken for a good one
     progress(f"converted {resolved.gguf_name} -> {target}")
     return str(target)

@@ -99,10 +99,11 @@ class Worker:
         self.max_resident = max_resident
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelbot-worker")
         self._resident: OrderedDict[str, LoadedModel] = OrderedDict()  # only touched on the worker thread
+        self._loaded: tuple[str, ...] = ()  # a snapshot of its keys that other threads may read
         self._active: dict[int, GenerationStream] = {}
 
     def loaded_names(self) -> list[str]:
-        return list(self._resident)
+        return list(self._loaded)
 
     def active_jobs(self, channel: str | None = None) -> list[GenerationStream]:
         return [s for s in self._active.values() if channel is None or s.job.channel == channel]
@@ -127,6 +128,7 @@ class Worker:
             stream.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
         self._resident.clear()
+        self._loaded = ()
 
     # -- worker thread -------------------------------------------------------------------
     def _ensure_loaded(self, name: str, progress: Callable[[str], None]) -> LoadedModel:
@@ -138,10 +140,12 @@ class Worker:
             self._evict(next(iter(self._resident)))
         loaded = self.catalog.load(spec, progress)
         self._resident[name] = loaded
+        self._loaded = tuple(self._resident)
         return loaded
 
     def _evict(self, name: str) -> None:
         loaded = self._resident.pop(name)
+        self._loaded = tuple(self._resident)
         log.info("unloading %s to make room", name)
         del loaded.model, loaded
         gc.collect()
