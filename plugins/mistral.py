@@ -8,7 +8,6 @@ user turn), so when a template handles "system" we leave the message to it.
 
 from __future__ import annotations
 
-
 from bot.backend import FamilyBackend, drop_leading_assistant_turns
 from bot.hookspecs import hookimpl
 

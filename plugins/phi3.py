@@ -8,7 +8,6 @@ system role and keep it.
 
 from __future__ import annotations
 
-
 from bot.backend import FamilyBackend
 from bot.hookspecs import hookimpl
 
