@@ -221,5 +221,9 @@ class FamilyBackend:
         """Family-specific from_pretrained arguments (attention implementation, ...)."""
         return {}
 
+    def prepare_model(self, model: Any, model_type: str | None = None) -> None:
+        """Called once on the worker thread after a model of this family has loaded: the place
+        for family-specific adjustments (generation config, hooks). Default: nothing."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -47,9 +47,13 @@ class LoadedModel:
     recipe: LoadRecipe
     device: str
     load_seconds: float
+    _footprint: int | None = None
 
     def footprint_bytes(self) -> int:
-        return int(self.model.get_memory_footprint())
+        """Weights and buffers (measured once: the model does not grow after loading)."""
+        if self._footprint is None:
+            self._footprint = int(self.model.get_memory_footprint())
+        return self._footprint
 
 
 @contextmanager
@@ -78,6 +82,9 @@ class ModelCatalog:
         self._tokenizers: dict[str, TokenizerInfo] = {}
         # Encoding toggles state on a shared fast tokenizer; prompts are built one at a time.
         self._prompt_lock = threading.Lock()
+        # Two first messages at once would load a tokenizer twice, and transformers' lazy
+        # imports are not thread-safe ("cannot import name AutoConfig"): one load at a time.
+        self._tokenizer_lock = threading.RLock()
         self._device: str | None = None
 
     @property
@@ -144,6 +151,12 @@ class ModelCatalog:
 
     def tokenizer(self, spec: ModelSpec) -> TokenizerInfo:
         """The tokenizer, model_type and context length, without loading weights; cached per model."""
+        if spec.name in self._tokenizers:
+            return self._tokenizers[spec.name]
+        with self._tokenizer_lock:
+            return self._load_tokenizer(spec)
+
+    def _load_tokenizer(self, spec: ModelSpec) -> TokenizerInfo:
         if spec.name not in self._tokenizers:
             from transformers import AutoConfig, AutoTokenizer
 
@@ -209,6 +222,7 @@ class ModelCatalog:
         with _explained_load_errors(spec, self._resolved(spec)):
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         model.eval()
+        backend.prepare_model(model, info.model_type)
         loaded = LoadedModel(
             spec=spec, backend=backend, model=model, tokenizer=info.tokenizer, model_type=info.model_type,
             recipe=recipe, device=self.device, load_seconds=time.monotonic() - started,

@@ -1,4 +1,4 @@
-"""The `modelbot` command: console | ask | prompt | layers | models | run.
+"""The `modelbot` command: console | ask | prompt | layers | models | stats | bench | run.
 
 Every failure ends as one line on stderr and a nonzero exit, never a traceback
 (run with -v for logs).
@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("models", "list the configured models")
 
+    add("stats", "show a running bot's loaded models, memory, queue and recent speed")
+
+    from bot.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(add("bench", "benchmark the worker: one user, many users, and plain generate, in one table"))
+
     run = add("run", "start the chat frontends enabled in the config")
     run.add_argument("frontends", nargs="*", help="only these (discord, slack)")
     return parser
@@ -60,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        settings = load_settings(config_path(args.config))
+        if args.command == "bench" and (args.shape or args.smoke):
+            settings = _optional_settings(args.config)  # a built shape needs no config file
+        else:
+            settings = load_settings(config_path(args.config))
         return asyncio.run(COMMANDS[args.command](settings, args))
     except ConfigError as exc:
         print(f"modelbot: config error: {exc}", file=sys.stderr)
@@ -71,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failed", exc_info=True)
         print(f"modelbot: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _optional_settings(explicit: str | None) -> Settings | None:
+    path = config_path(explicit)
+    return load_settings(path) if explicit or path.is_file() else None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -187,6 +201,25 @@ async def cmd_models(settings: Settings, args) -> int:
     return await _with_app(settings, body)
 
 
+async def cmd_stats(settings: Settings, args) -> int:
+    from bot.app import stats_path
+    from bot.stats import format_stats, read_running_stats
+
+    snapshot, status = read_running_stats(stats_path(settings))
+    if snapshot is None:
+        print(f"modelbot stats: {status}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_stats(snapshot))
+    print(f"({status}; pid {snapshot['pid']})")
+    return 0
+
+
+async def cmd_bench(settings: Settings | None, args) -> int:
+    from bot.bench import run_bench
+
+    return await run_bench(settings, args, sys.stdout)
+
+
 async def cmd_run(settings: Settings, args) -> int:
     wanted = args.frontends or [name for name in ("discord", "slack") if settings.sections.get(name, {}).get("enabled")]
     if not wanted:
@@ -204,5 +237,7 @@ COMMANDS = {
     "prompt": cmd_prompt,
     "layers": cmd_layers,
     "models": cmd_models,
+    "stats": cmd_stats,
+    "bench": cmd_bench,
     "run": cmd_run,
 }

@@ -1,4 +1,4 @@
-"""Slash commands shared by every frontend: /help /models /model /layers /compare /reset /stop."""
+"""Slash commands shared by every frontend: /help /models /model /layers /compare /reset /stop /stats."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Commands:
             "compare": (self.compare, "[--models a,b] PROMPT", "run PROMPT through several models, one after another"),
             "reset": (self.reset, "", "forget this channel's conversation"),
             "stop": (self.stop, "", "stop the reply being generated in this channel"),
+            "stats": (self.stats, "", "loaded models and their memory, the queue, recent speed"),
         }
 
     async def dispatch(self, event: ChatEvent, text: str, reply: Reply) -> None:
@@ -104,6 +105,12 @@ class Commands:
         for stream in active:
             stream.cancel()
         await reply.send("Stopped." if active else "Nothing is being generated here.")
+
+
+    async def stats(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        from bot.stats import format_stats
+
+        await reply.send("```\n" + format_stats(self.host.worker.snapshot()) + "\n```")
 
 
 def _parse_compare(args: str, all_models: list[str]) -> tuple[list[str], str]:

@@ -47,6 +47,24 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """The shared worker's limits (config section ``worker:``)."""
+
+    memory_budget: int | None = None  # bytes for models + KV cache; None: what the device has
+    memory_budget_fraction: float | None = None  # "80%" of the device, resolved by the worker
+    max_batch: int = 16  # jobs of one model generating together
+    max_pending_per_user: int = 4  # waiting + running jobs one user may have
+    max_pending: int = 64  # waiting jobs in total
+    idle_timeout: float = 60.0  # seconds without a new token before a job is ended
+    max_new_tokens: int = 2048  # hard cap on any one reply
+    batching: str = "auto"  # auto: a lone job runs plain generate, concurrent ones batch; always; off
+    kv_cache_tokens: int | None = None  # continuous-batching KV cache size; None: sized from the budget
+
+
+BATCHING_MODES = ("auto", "always", "off")
+
+
+@dataclass(frozen=True)
 class Settings:
     models: list[ModelSpec]
     default_model: str
@@ -54,6 +72,7 @@ class Settings:
     cache_dir: Path = Path("~/.cache/modelbot").expanduser()
     store_path: Path = Path("modelbot.sqlite3")
     max_resident_models: int = 1
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # discord:, slack:, ...
     path: Path | None = None
 
@@ -90,7 +109,7 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
     _expect(raw, dict, "top level", "a mapping")
     raw = _interpolate(raw, "")
     known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models",
-             "discord", "slack", "console"}
+             "worker", "discord", "slack", "console"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(known))})")
@@ -131,9 +150,74 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
         cache_dir=_path(raw.get("cache_dir", "~/.cache/modelbot"), "cache_dir", base_dir),
         store_path=_path(raw.get("store", "modelbot.sqlite3"), "store", base_dir),
         max_resident_models=max_resident,
+        worker=_parse_worker(raw.get("worker") or {}),
         sections=sections,
         path=path,
     )
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _parse_worker(raw: Any) -> WorkerSettings:
+    _expect(raw, dict, "worker", "a mapping")
+    defaults = WorkerSettings()
+    known = {"memory_budget", "max_batch", "max_pending_per_user", "max_pending", "idle_timeout",
+             "max_new_tokens", "batching", "kv_cache_tokens"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"worker.{key}: unknown key (known: {', '.join(sorted(known))})")
+
+    def whole(key: str, default: int | None, minimum: int = 1) -> int | None:
+        value = raw.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"worker.{key}: must be a whole number >= {minimum} (got {value!r})")
+        return value
+
+    budget, fraction = _parse_budget(raw.get("memory_budget", "auto"))
+    idle = raw.get("idle_timeout", defaults.idle_timeout)
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
+        raise ConfigError(f"worker.idle_timeout: must be a number of seconds > 0 (got {idle!r})")
+    batching = str(raw.get("batching", defaults.batching)).lower()
+    if batching not in BATCHING_MODES:
+        raise ConfigError(f"worker.batching: must be one of {', '.join(BATCHING_MODES)} (got {batching!r})")
+    return WorkerSettings(
+        memory_budget=budget,
+        memory_budget_fraction=fraction,
+        max_batch=whole("max_batch", defaults.max_batch),
+        max_pending_per_user=whole("max_pending_per_user", defaults.max_pending_per_user),
+        max_pending=whole("max_pending", defaults.max_pending),
+        idle_timeout=float(idle),
+        max_new_tokens=whole("max_new_tokens", defaults.max_new_tokens),
+        batching=batching,
+        kv_cache_tokens=whole("kv_cache_tokens", None, minimum=16),
+    )
+
+
+def _parse_budget(value: Any) -> tuple[int | None, float | None]:
+    """'auto', a byte count, '6GB' / '6GiB', or '80%' of the device."""
+    if value in (None, "auto"):
+        return None, None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, None
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = -1.0
+        if 0 < percent <= 100:
+            return None, percent / 100
+    else:
+        match = _SIZE.match(text)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]), None
+    raise ConfigError(f"worker.memory_budget: must be auto, a size such as 6GB or 512MiB, or a percentage such as 80% "
+                      f"(got {value!r})")
 
 
 def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:

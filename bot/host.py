@@ -133,7 +133,7 @@ class Host:
                 user=event.user,
                 channel=event.channel,
             )
-            generation = self.worker.submit(job, self._progress_sink(reply))
+            generation = self.worker.submit(job, self._progress_sink(reply), self._position_sink(stream))
             parts: list[str] = []
             try:
                 async for delta in generation:
@@ -149,6 +149,21 @@ class Host:
         await stream.finish((footer or format_footer)(stats))
         return ChatResult("".join(parts), stats)
 
+    def _position_sink(self, stream: ReplyStream) -> Callable[[int], None] | None:
+        """Queue positions (reported on the loop) -> the reply's optional `queued` display."""
+        queued = getattr(stream, "queued", None)
+        if queued is None:
+            return None
+
+        def show(position: int) -> None:
+            if position > 0 and not self.worker.generating():
+                return  # waiting only for a model to load: the load progress says more
+            task = asyncio.get_running_loop().create_task(queued(position))
+            self._progress_tasks.add(task)
+            task.add_done_callback(self._progress_tasks.discard)
+
+        return show
+
     def _progress_sink(self, reply: Reply) -> Callable[[str], None]:
         """A callback the worker thread may call; the message reaches the frontend on the loop."""
         loop = asyncio.get_running_loop()
@@ -162,6 +177,12 @@ class Host:
             loop.call_soon_threadsafe(show, message)
 
         return report
+
+
+def ordinal(n: int) -> str:
+    """1 -> 1st, 2 -> 2nd, 11 -> 11th, 23 -> 23rd."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def format_footer(stats: GenerationStats | None, with_footprint: bool = False) -> str:

@@ -12,14 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from bot.host import ChatEvent, Host
+from bot.host import ChatEvent, Host, ordinal
 
 CHANNEL = "console"
 
 
 class ConsoleStream:
-    def __init__(self, out: TextIO, header: str = "", show_footer: bool = True, show_errors: bool = True):
+    def __init__(self, out: TextIO, header: str = "", show_footer: bool = True, show_errors: bool = True,
+                 err: TextIO | None = None):
         self._out = out
+        self._err = err
         self._show_footer = show_footer
         self._show_errors = show_errors
         self._wrote_any = False
@@ -41,6 +43,11 @@ class ConsoleStream:
     async def fail(self, message: str) -> None:
         shown = f"error: {message}\n" if self._show_errors else ""
         self._print(("\n" if self._wrote_any else "") + shown)
+
+    async def queued(self, position: int) -> None:
+        if position > 0 and self._err is not None:
+            self._err.write(f"… queued: {ordinal(position)}\n")
+            self._err.flush()
 
 
 class ConsoleReply:
@@ -68,7 +75,7 @@ class ConsoleReply:
         self.err.flush()
 
     def stream(self, header: str = "") -> ConsoleStream:
-        return ConsoleStream(self.out, header, self.show_footer, self.show_errors)
+        return ConsoleStream(self.out, header, self.show_footer, self.show_errors, self.err)
 
 
 async def run_console(host: Host, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:

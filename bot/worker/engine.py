@@ -1,236 +1,526 @@
-"""The model worker: one thread owns the models; the asyncio loop never runs torch.
+"""The worker: one thread owns the device and runs every job; the asyncio loop never runs torch.
 
-This first version is deliberately simple: jobs run one at a time in arrival order on a
-single thread, models load on demand, and the least recently used one is unloaded when
-more than ``max_resident`` would be resident. Tokens cross to the event loop through
-``loop.call_soon_threadsafe``. (Fair scheduling and batching come with the shared GPU
-worker.)
+The loop (`_run`) serves one model at a time. It takes jobs from the fair queue, makes
+sure their model is loaded (residency), and runs them:
+- a lone job through plain `generate` (fastest for one user); when a second job for the
+  same model arrives, the first one stops at the next token and both continue together;
+- concurrent jobs through one continuous batch, joining and leaving it at any step, up to
+  `max_batch` at once.
+While a job for another model waits at the head of the queue, the running batch takes no
+new jobs, so it drains and the other model gets its turn. Tokens reach the event loop
+through each job's stream (`call_soon_threadsafe`); a failing job ends with a message and
+the loop carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import itertools
+import json
 import logging
+import math
+import os
+import statistics
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
 
 from bot.catalog import LoadedModel, ModelCatalog
-from bot.config import ModelSpec
-from bot.worker.stream_decode import DeltaDecoder
+from bot.config import WorkerSettings
+from bot.inspect import human_bytes
+from bot.worker.batching import BatchSession, kv_bytes_per_token, unbatchable_reason
+from bot.worker.jobs import GenerationFailed, GenerationJob, GenerationStats, GenerationStream
+from bot.worker.memory import device_total_bytes, is_out_of_memory, release_freed_memory
+from bot.worker.plain import NonFiniteLogits, run_plain
+from bot.worker.queue import FairQueue
+from bot.worker.residency import NoRoomYet, Residency
+from bot.worker.running import RunningJob
 
 log = logging.getLogger(__name__)
 
-
-class GenerationFailed(Exception):
-    """A job that ended with an error; str() is the message for the user."""
-
-
-@dataclass
-class GenerationStats:
-    model: str
-    prompt_tokens: int
-    new_tokens: int = 0
-    queue_seconds: float = 0.0
-    first_token_seconds: float | None = None
-    generation_seconds: float = 0.0
-    stopped_by: str = "eos"  # eos | length | cancelled
-    footprint_bytes: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+POLL_SECONDS = 0.02  # how long a batch step waits for tokens before checking cancels and newcomers
+STATS_WRITE_SECONDS = 2.0
+RECENT_JOBS = 200
 
 
-@dataclass
-class GenerationJob:
-    model: str
-    input_ids: list[int]
-    stop_token_ids: list[int]
-    settings: dict[str, Any]
-    user: str = ""
-    channel: str = ""
-    id: int = field(default_factory=itertools.count(1).__next__)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+class _Call:
+    """fn(loaded_model) to run on the worker thread, answered through an asyncio future."""
 
+    def __init__(self, model: str, fn: Callable[[LoadedModel], Any], progress: Callable[[str], None]):
+        self.model, self.fn, self.progress = model, fn, progress
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future = self.loop.create_future()
 
-class GenerationStream:
-    """Async iterator of text deltas; `stats` is set once iteration ends normally."""
-
-    _DONE = object()
-
-    def __init__(self, job: GenerationJob):
-        self.job = job
-        self.stats: GenerationStats | None = None
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-
-    # called from the worker thread
-    def _emit(self, item: Any) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    def cancel(self) -> None:
-        self.job.cancelled.set()
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            item = await self._queue.get()
-            if item is self._DONE:
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():
                 return
-            if isinstance(item, GenerationStats):
-                self.stats = item
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
 
 
 class Worker:
-    def __init__(self, catalog: ModelCatalog, max_resident: int = 1):
+    def __init__(self, catalog: ModelCatalog, settings: WorkerSettings | None = None, max_resident: int = 1,
+                 stats_path: Path | None = None):
         self.catalog = catalog
+        self.settings = settings or WorkerSettings()
         self.max_resident = max_resident
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelbot-worker")
-        self._resident: OrderedDict[str, LoadedModel] = OrderedDict()  # only touched on the worker thread
-        self._loaded: tuple[str, ...] = ()  # a snapshot of its keys that other threads may read
-        self._active: dict[int, GenerationStream] = {}
+        self.stats_path = stats_path
+        self.queue = FairQueue(self.settings.max_pending, self.settings.max_pending_per_user)
+        self.residency: Residency | None = None  # made on the worker thread (sizing the budget imports torch)
+        self.budget = 0
+        self.recent: deque[tuple[float, GenerationStats]] = deque(maxlen=RECENT_JOBS)
+        self._streams: dict[int, GenerationStream] = {}  # waiting and running, for /stop and caps
+        self._streams_lock = threading.Lock()
+        self._running: dict[int, RunningJob] = {}  # worker thread only
+        self._session: BatchSession | None = None
+        self._session_model: str | None = None
+        self._session_key: tuple = ()
+        self._calls: deque[_Call] = deque()
+        self._starting = False  # between a model being ready and its first job running
+        self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
+        self._wake = threading.Event()
+        self._closing = False
+        self._stats_written = 0.0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="modelbot-worker", daemon=True)
+        self._thread.start()
 
-    def loaded_names(self) -> list[str]:
-        return list(self._loaded)
-
-    def active_jobs(self, channel: str | None = None) -> list[GenerationStream]:
-        return [s for s in self._active.values() if channel is None or s.job.channel == channel]
+    # -- event-loop side ------------------------------------------------------------------------
+    def submit(self, job: GenerationJob, progress: Callable[[str], None] | None = None,
+               on_position: Callable[[int], None] | None = None) -> GenerationStream:
+        """Queue a job; raises WorkerBusy (a GenerationFailed) when the queue is full."""
+        if self._closing:
+            raise GenerationFailed("the bot is shutting down")
+        cap = self.settings.max_new_tokens
+        job.settings = dict(job.settings, max_new_tokens=min(job.settings.get("max_new_tokens", cap), cap))
+        stream = GenerationStream(job, progress, on_position)
+        stream.submitted = time.monotonic()
+        stream.wake = self._wake.set
+        self.queue.push(stream)  # may raise WorkerBusy
+        with self._streams_lock:
+            self._streams[job.id] = stream
+        if (loading := self._loading.get(job.model)) is not None:
+            stream.report_progress(loading)  # it arrived mid-load: say what the others already saw
+        self._wake.set()
+        return stream
 
     async def call(self, model: str, fn: Callable[[LoadedModel], Any], progress: Callable[[str], None] = log.info) -> Any:
         """Run fn(loaded_model) on the worker thread, loading the model first if needed."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(self._ensure_loaded(model, progress)))
+        if self._closing:
+            raise GenerationFailed("the bot is shutting down")
+        call = _Call(model, fn, progress)
+        self._calls.append(call)
+        self._wake.set()
+        return await call.future
 
-    def submit(self, job: GenerationJob, progress: Callable[[str], None] = log.info) -> GenerationStream:
-        stream = GenerationStream(job)
-        self._active[job.id] = stream
-        submitted = time.monotonic()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._run_job, stream, submitted, progress
-        )
-        future.add_done_callback(lambda _: self._active.pop(job.id, None))
-        return stream
+    def loaded_names(self) -> list[str]:
+        return self.residency.names() if self.residency else []
+
+    def generating(self) -> bool:
+        """Whether any job is generating (or starting to) right now (any thread)."""
+        return bool(self._running) or self._starting
+
+    def active_jobs(self, channel: str | None = None) -> list[GenerationStream]:
+        with self._streams_lock:
+            return [s for s in self._streams.values() if channel is None or s.job.channel == channel]
 
     async def close(self) -> None:
-        for stream in list(self._active.values()):
+        self._closing = True
+        for stream in self.active_jobs():
             stream.cancel()
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-        self._resident.clear()
-        self._loaded = ()
+        self._wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    # -- worker thread -------------------------------------------------------------------
-    def _ensure_loaded(self, name: str, progress: Callable[[str], None]) -> LoadedModel:
-        if name in self._resident:
-            self._resident.move_to_end(name)
-            return self._resident[name]
-        spec: ModelSpec = self.catalog.spec(name)
-        while len(self._resident) >= self.max_resident:
-            self._evict(next(iter(self._resident)))
-        loaded = self.catalog.load(spec, progress)
-        self._resident[name] = loaded
-        self._loaded = tuple(self._resident)
-        return loaded
+    def snapshot(self) -> dict[str, Any]:
+        """What /stats shows: models and memory, queue, recent speed (any thread)."""
+        now = time.time()
+        recent = [stats for at, stats in self.recent if now - at < 600]
+        speeds = [s.tokens_per_second for s in recent if s.new_tokens > 1]
+        first = sorted(s.time_to_first_token for s in recent if s.time_to_first_token is not None)
+        active = self.active_jobs()
+        running = [s for s in active if s.position == 0]
+        models = self.residency.snapshot() if self.residency else []
+        for entry in models:
+            entry["jobs"] = sum(1 for s in running if s.job.model == entry["name"])
+        eviction = self.residency.last_eviction if self.residency else None
+        return {
+            "pid": os.getpid(),
+            "updated": now,
+            "device": self.catalog.device if self.residency else "starting",
+            "budget_bytes": self.budget,
+            "used_bytes": sum(m["footprint_bytes"] + m["cache_bytes"] for m in models),
+            "models": models,
+            "running": len(running),
+            "queued": len(self.queue),
+            "batching": self.settings.batching,
+            "recent_jobs": len(recent),
+            "recent_tokens_per_second": statistics.fmean(speeds) if speeds else None,
+            "recent_first_token_p50": _percentile(first, 0.5),
+            "recent_first_token_p95": _percentile(first, 0.95),
+            "last_eviction": None if eviction is None else {
+                "model": eviction.name, "expected_bytes": eviction.expected_bytes, "freed_bytes": eviction.freed_bytes,
+            },
+        }
 
-    def _evict(self, name: str) -> None:
-        loaded = self._resident.pop(name)
-        self._loaded = tuple(self._resident)
-        log.info("unloading %s to make room", name)
-        del loaded.model, loaded
-        gc.collect()
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
         try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-    def _run_job(self, stream: GenerationStream, submitted: float, progress: Callable[[str], None]) -> None:
-        job = stream.job
-        try:
-            stats = self._generate(stream, submitted, progress)
-            stream._emit(stats)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a message, the worker lives on
-            log.exception("job %s on %s failed", job.id, job.model)
-            stream._emit(GenerationFailed(_describe_failure(exc)))
+            self._set_up()
+            while not self._closing:
+                self._wake.wait(timeout=POLL_SECONDS if self._running else 0.5)
+                self._wake.clear()
+                if self._closing:
+                    break
+                try:
+                    self._serve_once()
+                except Exception as exc:  # a bug here must not take the bot down: end what ran, go on
+                    log.exception("the worker loop failed; ending the running replies and carrying on")
+                    for running in list(self._running.values()):
+                        self._fail(running, exc)
+                    self._close_session()
+        except Exception:
+            log.exception("the worker could not start")
         finally:
-            stream._emit(GenerationStream._DONE)
+            self._shut_down()
 
-    def _generate(self, stream: GenerationStream, submitted: float, progress: Callable[[str], None]) -> GenerationStats:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+    def _serve_once(self) -> None:
+        self._end_cancelled_waiting()
+        self._run_calls()
+        if self._running:
+            self._step_batch()
+        elif (head := self.queue.peek()) is not None:
+            self._start(head)
+        self._write_stats()
 
-        job = stream.job
-        stats = GenerationStats(model=job.model, prompt_tokens=len(job.input_ids))
-        if job.cancelled.is_set():
-            stats.stopped_by = "cancelled"
-            return stats
-        loaded = self._ensure_loaded(job.model, progress)
-        stats.queue_seconds = time.monotonic() - submitted
-        decoder = DeltaDecoder(loaded.tokenizer, set(job.stop_token_ids))
-        started = time.monotonic()
+    def _housekeeping(self) -> None:
+        """While plain generate holds the thread: end jobs cancelled in the queue, keep stats fresh."""
+        self._end_cancelled_waiting()
+        self._write_stats()
 
-        class _Streamer:
-            """transformers' streamer protocol: put() gets the prompt first, then each new token."""
+    def _set_up(self) -> None:
+        device = self.catalog.device
+        total = device_total_bytes(device)
+        chosen = self.settings.memory_budget
+        if chosen is None and self.settings.memory_budget_fraction is not None:
+            chosen = int(total * self.settings.memory_budget_fraction)
+        self.budget = chosen or total
+        self.residency = Residency(self.catalog, self.budget, self.max_resident, on_evict=self._before_evict)
+        log.info("worker on %s, memory budget %s", device, human_bytes(self.budget))
+        self._ready.set()
 
-            prompt_seen = False
+    def _shut_down(self) -> None:
+        self._closing = True
+        for stream in self.queue.drain():
+            self._end_waiting(stream, error="the bot is shutting down")
+        for running in list(self._running.values()):
+            self._finish(running, stopped_by="cancelled")
+        for call in list(self._calls):
+            call.resolve(error=GenerationFailed("the bot is shutting down"))
+        self._calls.clear()
+        self._close_session()
+        if self.residency is not None:
+            self.residency.evict_all()
+        self._write_stats(force=True, final=True)
 
-            def put(self, value):
-                if not self.prompt_seen:
-                    self.prompt_seen = True
-                    return
-                for token_id in value.reshape(-1).tolist():
-                    stats.new_tokens += 1
-                    if stats.first_token_seconds is None:
-                        stats.first_token_seconds = time.monotonic() - started
-                    delta = decoder.push(int(token_id))
-                    if delta:
-                        stream._emit(delta)
+    # jobs ---------------------------------------------------------------------------------
+    def _start(self, head: GenerationStream) -> None:
+        """Nothing is running: load the head job's model and start it (and its batch mates)."""
+        model = head.job.model
+        loaded = self._load(model)
+        if loaded is None:
+            return
+        self._starting = True  # set before take() reports the others' new positions
+        try:
+            self._start_on(loaded, head)
+        finally:
+            self._starting = False
 
-            def end(self):
-                tail = decoder.flush()
-                if tail:
-                    stream._emit(tail)
+    def _start_on(self, loaded: LoadedModel, head: GenerationStream) -> None:
+        model = loaded.spec.name
+        key = head.job.batch_key()
+        same_batch = lambda s: s.job.batch_key() == key  # noqa: E731
+        reason = None if self.settings.batching == "off" else unbatchable_reason(loaded.model, head.job.settings)
+        if self.settings.batching == "off" or reason:
+            if reason:
+                log.debug("%s runs one job at a time: %s", model, reason)
+            self._run_plain(loaded, self.queue.take(lambda s: s is head), hand_off=None)
+            return
+        if self.settings.batching == "auto" and len(self.queue.waiting(same_batch)) == 1:
+            self._run_plain(loaded, self.queue.take(lambda s: s is head), hand_off=same_batch)
+            return
+        if self._open_session(loaded, head.job.settings):
+            self._admit(loaded)
+        else:
+            self._run_plain(loaded, self.queue.take(lambda s: s is head), hand_off=None)
 
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return job.cancelled.is_set()
+    def _run_plain(self, loaded: LoadedModel, stream: GenerationStream | None,
+                   hand_off: Callable[[GenerationStream], bool] | None) -> None:
+        if stream is None:
+            return
+        running = self._begin(stream, loaded)
+        if self._session is not None and self._session_model == loaded.spec.name and self._session.changes_attention:
+            self._close_session()  # the batch switched the model to paged attention: give it back to generate
+        pad = loaded.tokenizer.pad_token_id
+        wants_handoff = (lambda: self.queue.has(hand_off)) if hand_off else (lambda: False)
+        try:
+            outcome = run_plain(loaded.model, pad, running, self.settings.idle_timeout, wants_handoff,
+                                between_tokens=self._housekeeping)
+        except Exception as exc:  # noqa: BLE001 - only this job fails; the worker lives on
+            self._fail(running, exc)
+            return
+        if outcome == "handoff" and not running.finished and self._open_session(loaded, stream.job.settings):
+            self._join_batch(running)
+            self._admit(loaded)
+        elif outcome == "timeout":
+            self._finish(running, error=self._timeout_message())
+        else:
+            self._finish(running, stopped_by="cancelled" if outcome == "cancelled" else None)
 
-        settings = dict(job.settings)
-        input_ids = torch.tensor([job.input_ids], device=loaded.model.device)
-        with torch.inference_mode():
-            loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                eos_token_id=job.stop_token_ids,
-                pad_token_id=loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else job.stop_token_ids[0],
-                streamer=_Streamer(),
-                stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                **settings,
-            )
-        stats.generation_seconds = time.monotonic() - started
-        stats.footprint_bytes = loaded.footprint_bytes()
-        if job.cancelled.is_set():
-            stats.stopped_by = "cancelled"
-        elif stats.new_tokens >= settings.get("max_new_tokens", 1 << 30):
-            stats.stopped_by = "length"
-        return stats
+    def _admit(self, loaded: LoadedModel) -> None:
+        """Fill free batch slots with waiting jobs of the same batch, in fair order."""
+        if self._session is None:
+            return
+        head = self.queue.peek()
+        if head is not None and head.job.batch_key() != self._session_key:
+            return  # someone else is next: let this batch drain
+        if any(call.model != self._session_model for call in self._calls):
+            return  # a /layers for another model waits for this batch to drain, too
+        key = self._session_key
+        while len(self._running) < self.settings.max_batch:
+            stream = self.queue.take(lambda s: s.job.batch_key() == key)
+            if stream is None:
+                return
+            self._join_batch(self._begin(stream, loaded))
+
+    def _begin(self, stream: GenerationStream, loaded: LoadedModel) -> RunningJob:
+        stream.report_position(0)
+        running = RunningJob(stream, loaded.tokenizer, stream.job.settings["max_new_tokens"], loaded.footprint_bytes())
+        self._running[stream.job.id] = running
+        return running
+
+    def _join_batch(self, running: RunningJob) -> None:
+        running.request_id = f"job-{running.job.id}-{len(running.tokens)}"
+        running.batch_offset = 0
+        running.stats.batched = True
+        try:
+            self._session.add(running.continuation_ids(), running.remaining, running.job.stop_token_ids,
+                              running.request_id)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(running, exc)
+
+    def _step_batch(self) -> None:
+        """One look at the running batch: cancels, timeouts, newcomers, then new tokens."""
+        session = self._session
+        if session is None:  # defensive: running jobs without a batch cannot progress
+            for running in list(self._running.values()):
+                self._finish(running, error="the batch this reply was in stopped; please ask again")
+            return
+        for running in list(self._running.values()):
+            if running.job.cancelled.is_set():
+                session.cancel(running.request_id)
+                self._finish(running, stopped_by="cancelled")
+            elif running.idle_for() > self.settings.idle_timeout:
+                session.cancel(running.request_id)
+                self._finish(running, error=self._timeout_message())
+        loaded = self.residency.get(self._session_model)
+        if loaded is not None:
+            self._admit(loaded)
+        by_request = {r.request_id: r for r in self._running.values()}
+        for output in session.poll(POLL_SECONDS):
+            running = by_request.get(output.request_id)
+            if running is None or running.done:
+                continue  # cancelled or failed a moment ago
+            if output.error is not None or output.status.name == "FAILED":
+                self._finish(running, error=_describe_failure_text(output.error or "generation failed"))
+                continue
+            fresh = output.generated_tokens[running.batch_offset:]
+            logprobs = output.logprobs[running.batch_offset:] if output.logprobs else []
+            running.batch_offset = len(output.generated_tokens)
+            if any(isinstance(p, float) and math.isnan(p) for p in logprobs):
+                session.cancel(running.request_id)
+                self._fail(running, NonFiniteLogits("the model produced NaN scores"))
+                continue
+            running.push(fresh)
+            if output.is_finished() or running.finished:
+                if not output.is_finished():
+                    session.cancel(running.request_id)
+                self._finish(running)
+        if not session.alive:
+            error = session.fatal_error
+            log.error("the batch for %s stopped: %s", self._session_model, error)
+            for running in list(self._running.values()):
+                self._fail(running, error or RuntimeError("the batch stopped"))
+            self._close_session()
+        elif not self._running and not self.catalog.device.startswith("cuda"):
+            # On a CPU, the batch's idle thread keeps a second OpenMP team alive, which slows
+            # every later plain generate by ~40% (measured); a new batch starts in milliseconds.
+            # On a GPU it stays warm: rebuilding it would redo its CUDA-graph warm-up.
+            self._close_session(wait=False)
+
+    # endings ------------------------------------------------------------------------------
+    def _finish(self, running: RunningJob, stopped_by: str | None = None, error: str | None = None) -> None:
+        self._running.pop(running.job.id, None)
+        if error is not None:
+            running.fail(error)
+        else:
+            stats = running.complete(stopped_by)
+            self.recent.append((time.time(), stats))
+        self.queue.job_ended(running.job.user)
+        with self._streams_lock:
+            self._streams.pop(running.job.id, None)
+
+    def _fail(self, running: RunningJob, exc: BaseException) -> None:
+        log.error("job %s on %s failed: %s: %s", running.job.id, running.job.model, type(exc).__name__, exc,
+                  exc_info=not isinstance(exc, (NonFiniteLogits, GenerationFailed)) and not is_out_of_memory(exc))
+        if is_out_of_memory(exc):
+            release_freed_memory()
+        self._finish(running, error=_describe_failure(exc))
+
+    def _end_waiting(self, stream: GenerationStream, error: str | None = None) -> None:
+        """A job that never started: cancelled while queued, its model failed, or shutdown."""
+        if error is None:
+            stats = GenerationStats(model=stream.job.model, prompt_tokens=len(stream.job.input_ids),
+                                    stopped_by="cancelled", queue_seconds=time.monotonic() - stream.submitted)
+            stream.finish(stats)
+        else:
+            stream.finish(error=error)
+        with self._streams_lock:
+            self._streams.pop(stream.job.id, None)
+
+    def _end_cancelled_waiting(self) -> None:
+        for stream in self.queue.remove_cancelled():
+            self._end_waiting(stream)
+
+    def _timeout_message(self) -> str:
+        return (f"timed out: no new token for {self.settings.idle_timeout:g} s; the reply was ended "
+                "(the GPU may be overloaded; please try again)")
+
+    # models -------------------------------------------------------------------------------
+    def _load(self, model: str) -> LoadedModel | None:
+        """The model, loaded once for every job waiting on it; on failure all of them are told."""
+        waiting_for_it = lambda s: s.job.model == model  # noqa: E731
+
+        def progress(message: str) -> None:
+            self._loading[model] = message
+            for stream in self.queue.waiting(waiting_for_it):
+                stream.report_progress(message)
+
+        try:
+            return self.residency.ensure(model, progress, busy=self._busy_models())
+        except NoRoomYet:
+            return None  # the models in use finish first; the job stays queued
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its jobs, not the bot
+            message = str(exc) if isinstance(exc, GenerationFailed) else _describe_failure(exc)
+            log.error("loading %s failed: %s", model, message, exc_info=not isinstance(exc, GenerationFailed))
+            if is_out_of_memory(exc):
+                release_freed_memory()
+            while (stream := self.queue.take(waiting_for_it)) is not None:
+                self.queue.job_ended(stream.job.user)
+                self._end_waiting(stream, error=message)
+            return None
+        finally:
+            self._loading.pop(model, None)
+
+    def _busy_models(self) -> set[str]:
+        return {r.job.model for r in self._running.values()}
+
+    def _run_calls(self) -> None:
+        for _ in range(len(self._calls)):
+            call = self._calls.popleft()
+            busy = self._busy_models()
+            if busy and call.model not in busy:
+                self._calls.append(call)  # wait until the running model's jobs are done
+                continue
+            try:
+                loaded = self.residency.ensure(call.model, call.progress, busy=busy)
+                call.resolve(call.fn(loaded))
+            except NoRoomYet:
+                self._calls.append(call)
+            except Exception as exc:  # noqa: BLE001 - the caller gets the error
+                call.resolve(error=exc)
+
+    def _open_session(self, loaded: LoadedModel, settings: dict[str, Any]) -> bool:
+        """A running continuous batch for this model and settings (reused when it matches)."""
+        key = GenerationJob(loaded.spec.name, [], [], settings).batch_key()
+        if self._session is not None and self._session_key == key and self._session.alive:
+            return True
+        self._close_session()
+        per_token = kv_bytes_per_token(loaded.model)
+        kv_tokens = self.settings.kv_cache_tokens
+        if kv_tokens is None:
+            room = int(0.9 * (self.budget - self.residency.used())) // per_token
+            kv_tokens = min(room, self.settings.max_batch * 1024)
+        if kv_tokens < 256:
+            log.warning("no memory left in the budget for a batch KV cache on %s: one job at a time", loaded.spec.name)
+            return False
+        try:
+            self._session = BatchSession(loaded.model, settings, self.settings.max_batch, kv_tokens,
+                                         self.catalog.device)
+        except Exception:  # noqa: BLE001 - batching is an optimisation: without it jobs run one by one
+            log.exception("continuous batching could not start for %s", loaded.spec.name)
+            release_freed_memory()
+            return False
+        self._session_model, self._session_key = loaded.spec.name, key
+        self.residency.set_extra(loaded.spec.name, self._session.cache_bytes)
+        return True
+
+    def _close_session(self, wait: bool = True) -> None:
+        """Stop the batch. wait=False lets it wind down on the side (stopping takes ~0.4 s, mostly
+        its gc.collect); only when it changed nothing on the model that the next job needs back."""
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        if wait or session.changes_attention:
+            session.close()
+        else:
+            threading.Thread(target=session.close, name="modelbot-batch-close", daemon=True).start()
+        if self.residency is not None and self._session_model is not None:
+            self.residency.set_extra(self._session_model, 0)
+        self._session_model = None
+
+    def _before_evict(self, loaded: LoadedModel) -> None:
+        if self._session_model == loaded.spec.name:
+            self._close_session()
+
+    # stats --------------------------------------------------------------------------------
+    def _write_stats(self, force: bool = False, final: bool = False) -> None:
+        """For `modelbot stats` in another process: a small JSON file next to the store."""
+        if self.stats_path is None or (not force and time.monotonic() - self._stats_written < STATS_WRITE_SECONDS):
+            return
+        self._stats_written = time.monotonic()
+        snapshot = self.snapshot()
+        snapshot["stopped"] = final
+        try:
+            temporary = self.stats_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(snapshot), encoding="utf-8")
+            temporary.replace(self.stats_path)
+        except OSError as exc:
+            log.debug("could not write %s: %s", self.stats_path, exc)
 
 
-def _describe_failure(exc: Exception) -> str:
-    name = type(exc).__name__
-    if "OutOfMemory" in name or "out of memory" in str(exc).lower():
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if is_out_of_memory(exc):
         return "the model ran out of memory; try a shorter conversation or a smaller model"
-    return f"{name}: {exc}"
+    if isinstance(exc, NonFiniteLogits):
+        return "the model produced invalid numbers (NaN) and the reply was stopped; please try again"
+    if isinstance(exc, GenerationFailed):
+        return str(exc)
+    return f"generation failed ({type(exc).__name__}: {exc})"
+
+
+def _describe_failure_text(error: str) -> str:
+    if "out of memory" in error.lower():
+        return "the model ran out of memory; try a shorter conversation or a smaller model"
+    return f"generation failed ({error})"

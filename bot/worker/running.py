@@ -1,0 +1,87 @@
+"""A job while it generates: its tokens, its streamed text, its stats and how it ends.
+
+Both paths (plain generate and continuous batching) feed tokens here, so decoding,
+stop tokens, limits and the final stats work the same whichever path ran the job, and a
+job handed from one path to the other mid-reply simply continues.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bot.worker.jobs import GenerationStats, GenerationStream
+from bot.worker.stream_decode import DeltaDecoder
+
+
+class RunningJob:
+    def __init__(self, stream: GenerationStream, tokenizer: Any, max_new_tokens: int, footprint: int):
+        self.stream = stream
+        self.job = stream.job
+        self.max_new_tokens = max_new_tokens
+        self.stop_ids = set(self.job.stop_token_ids)
+        self.decoder = DeltaDecoder(tokenizer, self.stop_ids)
+        self.tokens: list[int] = []
+        self.started = time.monotonic()
+        self.last_token_at = self.started
+        self.stats = GenerationStats(
+            model=self.job.model, prompt_tokens=len(self.job.input_ids),
+            queue_seconds=self.started - stream.submitted, footprint_bytes=footprint,
+        )
+        self.request_id: str | None = None  # set while it is in a continuous batch
+        self.batch_offset = 0  # tokens generated before it joined the batch
+        self.done = False
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - len(self.tokens)
+
+    @property
+    def hit_stop(self) -> bool:
+        return bool(self.tokens) and self.tokens[-1] in self.stop_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.hit_stop or self.remaining <= 0
+
+    def continuation_ids(self) -> list[int]:
+        """Prompt plus what it generated so far: where another path picks it up."""
+        return [*self.job.input_ids, *self.tokens]
+
+    def push(self, token_ids: list[int]) -> None:
+        now = time.monotonic()
+        for token_id in token_ids:
+            if self.finished:
+                return
+            self.tokens.append(token_id)
+            self.stats.new_tokens += 1
+            if self.stats.first_token_seconds is None:
+                self.stats.first_token_seconds = now - self.started
+            self.last_token_at = now
+            delta = self.decoder.push(token_id)
+            if delta:
+                self.stream.emit(delta)
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_token_at
+
+    def complete(self, stopped_by: str | None = None) -> GenerationStats:
+        """End normally: flush held-back text, close the stream with the stats."""
+        if self.done:
+            return self.stats
+        self.done = True
+        tail = self.decoder.flush()
+        if tail:
+            self.stream.emit(tail)
+        self.stats.generation_seconds = self.last_token_at - self.started if self.tokens else 0.0
+        if stopped_by is None:
+            stopped_by = "eos" if self.hit_stop or self.remaining > 0 else "length"
+        self.stats.stopped_by = stopped_by
+        self.stream.finish(self.stats)
+        return self.stats
+
+    def fail(self, message: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.stream.finish(error=message)
