@@ -412,3 +412,25 @@ def test_stop_while_waiting_ends_the_job_without_running_it(tmp_path):
     assert text == "" and stats.stopped_by == "cancelled" and stats.new_tokens == 0
     assert still_running  # cancelling the waiting job did not touch the running one
     assert blocker_stats.stopped_by == "cancelled" and blocker_stats.new_tokens > 1
+
+
+def test_without_room_for_a_batch_jobs_still_finish_one_after_another(tmp_path):
+    async def run():
+        app = make_app(tmp_path, kv_cache_tokens=64)  # too small for continuous batching
+        try:
+            story = {"stop_token_ids": [], "max_new_tokens": 30}
+            first = app.worker.submit(await job_for(app, "Tell me a story.", "u1", **story))
+            tokens = first.__aiter__()
+            await tokens.__anext__()
+            second = app.worker.submit(await job_for(app, "Name a color.", "u2", **story))
+            await asyncio.gather(collect_rest(tokens), collect(second))
+            return first.stats, second.stats
+        finally:
+            await app.close()
+
+    async def collect_rest(iterator) -> str:
+        return "".join([delta async for delta in iterator])
+
+    first, second = asyncio.run(run())
+    assert first.new_tokens == 30 and second.new_tokens == 30  # the hand-off failed, the reply did not
+    assert not first.batched and not second.batched

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02  # how long a batch step waits for tokens before checking cancels and newcomers
 STATS_WRITE_SECONDS = 2.0
+IDLE_BATCH_SECONDS = 1.0  # CPU only: how long a drained batch waits for new jobs before it stops
 RECENT_JOBS = 200
 
 
@@ -82,6 +83,7 @@ class Worker:
         self._session_model: str | None = None
         self._session_key: tuple = ()
         self._calls: deque[_Call] = deque()
+        self._drained_at = 0.0  # when the running batch last ran out of jobs
         self._starting = False  # between a model being ready and its first job running
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
         self._wake = threading.Event()
@@ -196,7 +198,19 @@ class Worker:
             self._step_batch()
         elif (head := self.queue.peek()) is not None:
             self._start(head)
+        else:
+            self._close_idle_batch()
         self._write_stats()
+
+    def _close_idle_batch(self) -> None:
+        """On a CPU, stop a drained batch once the worker has been idle for a moment: its idle
+        thread keeps a second OpenMP team alive, which slows every later plain generate by ~40%
+        (measured), and stopping it stalls the thread ~0.4 s (its gc.collect), best spent idle.
+        On a GPU it stays warm: rebuilding it would redo its CUDA-graph warm-up."""
+        if self._session is None or self._on_gpu():
+            return
+        if time.monotonic() - self._drained_at >= IDLE_BATCH_SECONDS:
+            self._close_session()
 
     def _housekeeping(self) -> None:
         """While plain generate holds the thread: end jobs cancelled in the queue, keep stats fresh."""
@@ -264,20 +278,27 @@ class Worker:
         if stream is None:
             return
         running = self._begin(stream, loaded)
-        if self._session is not None and self._session_model == loaded.spec.name and self._session.changes_attention:
-            self._close_session()  # the batch switched the model to paged attention: give it back to generate
+        if self._session is not None and (self._session.changes_attention or not self._on_gpu()):
+            # The batch switched the model to paged attention, which generate cannot use; or, on a
+            # CPU, its idle thread would slow this reply by ~40% (see _close_idle_batch).
+            self._close_session()
         pad = loaded.tokenizer.pad_token_id
         wants_handoff = (lambda: self.queue.has(hand_off)) if hand_off else (lambda: False)
-        try:
-            outcome = run_plain(loaded.model, pad, running, self.settings.idle_timeout, wants_handoff,
-                                between_tokens=self._housekeeping)
-        except Exception as exc:  # noqa: BLE001 - only this job fails; the worker lives on
-            self._fail(running, exc)
-            return
-        if outcome == "handoff" and not running.finished and self._open_session(loaded, stream.job.settings):
-            self._join_batch(running)
-            self._admit(loaded)
-        elif outcome == "timeout":
+        while True:
+            try:
+                outcome = run_plain(loaded.model, pad, running, self.settings.idle_timeout, wants_handoff,
+                                    between_tokens=self._housekeeping)
+            except Exception as exc:  # only this job fails; the worker lives on
+                self._fail(running, exc)
+                return
+            if outcome != "handoff" or running.finished:
+                break
+            if self._open_session(loaded, stream.job.settings):
+                self._join_batch(running)
+                self._admit(loaded)
+                return
+            wants_handoff = lambda: False  # noqa: E731 - no batch possible: finish alone, then the others
+        if outcome == "timeout":
             self._finish(running, error=self._timeout_message())
         else:
             self._finish(running, stopped_by="cancelled" if outcome == "cancelled" else None)
@@ -357,23 +378,21 @@ class Worker:
             for running in list(self._running.values()):
                 self._fail(running, error or RuntimeError("the batch stopped"))
             self._close_session()
-        elif not self._running and not self.catalog.device.startswith("cuda"):
-            # On a CPU, the batch's idle thread keeps a second OpenMP team alive, which slows
-            # every later plain generate by ~40% (measured); a new batch starts in milliseconds.
-            # On a GPU it stays warm: rebuilding it would redo its CUDA-graph warm-up.
-            self._close_session(wait=False)
+        elif not self._running:
+            self._drained_at = time.monotonic()
 
     # endings ------------------------------------------------------------------------------
     def _finish(self, running: RunningJob, stopped_by: str | None = None, error: str | None = None) -> None:
+        # the books first, then the stream's end: a /stats right after a reply must count it
         self._running.pop(running.job.id, None)
-        if error is not None:
-            running.fail(error)
-        else:
-            stats = running.complete(stopped_by)
-            self.recent.append((time.time(), stats))
         self.queue.job_ended(running.job.user)
         with self._streams_lock:
             self._streams.pop(running.job.id, None)
+        if error is not None:
+            running.fail(error)
+            return
+        self.recent.append((time.time(), running.settle(stopped_by)))
+        running.close()
 
     def _fail(self, running: RunningJob, exc: BaseException) -> None:
         log.error("job %s on %s failed: %s: %s", running.job.id, running.job.model, type(exc).__name__, exc,
@@ -384,14 +403,14 @@ class Worker:
 
     def _end_waiting(self, stream: GenerationStream, error: str | None = None) -> None:
         """A job that never started: cancelled while queued, its model failed, or shutdown."""
+        with self._streams_lock:
+            self._streams.pop(stream.job.id, None)
         if error is None:
             stats = GenerationStats(model=stream.job.model, prompt_tokens=len(stream.job.input_ids),
                                     stopped_by="cancelled", queue_seconds=time.monotonic() - stream.submitted)
             stream.finish(stats)
         else:
             stream.finish(error=error)
-        with self._streams_lock:
-            self._streams.pop(stream.job.id, None)
 
     def _end_cancelled_waiting(self) -> None:
         for stream in self.queue.remove_cancelled():
@@ -457,7 +476,8 @@ class Worker:
             room = int(0.9 * (self.budget - self.residency.used())) // per_token
             kv_tokens = min(room, self.settings.max_batch * 1024)
         if kv_tokens < 256:
-            log.warning("no memory left in the budget for a batch KV cache on %s: one job at a time", loaded.spec.name)
+            log.warning("a batch KV cache for %s would hold only %d tokens (worker.memory_budget, kv_cache_tokens): "
+                        "its jobs run one at a time", loaded.spec.name, max(kv_tokens, 0))
             return False
         try:
             self._session = BatchSession(loaded.model, settings, self.settings.max_batch, kv_tokens,
@@ -470,16 +490,14 @@ class Worker:
         self.residency.set_extra(loaded.spec.name, self._session.cache_bytes)
         return True
 
-    def _close_session(self, wait: bool = True) -> None:
-        """Stop the batch. wait=False lets it wind down on the side (stopping takes ~0.4 s, mostly
-        its gc.collect); only when it changed nothing on the model that the next job needs back."""
+    def _on_gpu(self) -> bool:
+        return self.catalog.device.startswith("cuda")
+
+    def _close_session(self) -> None:
         if self._session is None:
             return
         session, self._session = self._session, None
-        if wait or session.changes_attention:
-            session.close()
-        else:
-            threading.Thread(target=session.close, name="modelbot-batch-close", daemon=True).start()
+        session.close()
         if self.residency is not None and self._session_model is not None:
             self.residency.set_extra(self._session_model, 0)
         self._session_model = None

@@ -65,8 +65,9 @@ class RunningJob:
     def idle_for(self) -> float:
         return time.monotonic() - self.last_token_at
 
-    def complete(self, stopped_by: str | None = None) -> GenerationStats:
-        """End normally: flush held-back text, close the stream with the stats."""
+    def settle(self, stopped_by: str | None = None) -> GenerationStats:
+        """End normally: flush held-back text and fix the stats (close() then ends the stream,
+        so the worker can record the job before its user sees the end)."""
         if self.done:
             return self.stats
         self.done = True
@@ -77,8 +78,10 @@ class RunningJob:
         if stopped_by is None:
             stopped_by = "eos" if self.hit_stop or self.remaining > 0 else "length"
         self.stats.stopped_by = stopped_by
-        self.stream.finish(self.stats)
         return self.stats
+
+    def close(self) -> None:
+        self.stream.finish(self.stats)
 
     def fail(self, message: str) -> None:
         if self.done:
