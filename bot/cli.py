@@ -221,14 +221,40 @@ async def cmd_bench(settings: Settings | None, args) -> int:
 
 
 async def cmd_run(settings: Settings, args) -> int:
+    available = ("discord",)  # slack arrives with its own release
     wanted = args.frontends or [name for name in ("discord", "slack") if settings.sections.get(name, {}).get("enabled")]
     if not wanted:
         print("modelbot run: no frontend is enabled in the config (discord.enabled / slack.enabled); "
               "use `modelbot console` to chat in the terminal", file=sys.stderr)
-    else:
-        print(f"modelbot run: the {', '.join(wanted)} frontend(s) are not part of this version yet; "
-              "nothing was started. Use `modelbot console` to chat in the terminal.", file=sys.stderr)
-    return EXIT_FAILURE
+        return EXIT_FAILURE
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        print(f"modelbot run: the {', '.join(missing)} frontend is not part of this version yet", file=sys.stderr)
+        return EXIT_FAILURE
+    frontends_settings = {name: _frontend_settings(settings, name) for name in wanted}
+
+    async def body(app):
+        from bot.frontends.discord import DiscordFrontend
+
+        frontends = [DiscordFrontend(app.host, frontends_settings["discord"])]
+        try:
+            await asyncio.gather(*(frontend.run() for frontend in frontends))
+        finally:
+            for frontend in frontends:
+                await frontend.close()
+        return 0
+
+    return await _with_app(settings, body)
+
+
+def _frontend_settings(settings: Settings, name: str):
+    from bot.frontends.discord_settings import parse_discord_settings
+
+    parsed = parse_discord_settings(settings.sections.get(name, {}))
+    if not parsed.token:
+        raise ConfigError("discord.token: empty; set DISCORD_TOKEN in the environment (the bot's token from the "
+                          "Discord developer portal)")
+    return parsed
 
 
 COMMANDS = {

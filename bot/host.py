@@ -124,7 +124,9 @@ class Host:
             # never ask for more tokens than the context has room for
             settings["max_new_tokens"] = min(reply_tokens, info.context_length - prompt_tokens)
             if trimmed.dropped:
-                await reply.progress(f"(the {trimmed.dropped} oldest messages did not fit {spec.name}'s context and were left out)")
+                note = f"the {trimmed.dropped} oldest messages did not fit {spec.name}'s context and were left out"
+                # a stream that can keep a note shows it with the reply; otherwise it is a passing status
+                await (stream.note(note) if hasattr(stream, "note") else reply.progress(f"({note})"))
             job = GenerationJob(
                 model=spec.name,
                 input_ids=trimmed.prompt.input_ids,

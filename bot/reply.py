@@ -19,6 +19,10 @@ class ReplyStream(Protocol):
     async def fail(self, message: str) -> None:
         """The reply ended with an error; message says what went wrong."""
 
+    async def note(self, text: str) -> None:
+        """A remark that belongs with this reply (e.g. old messages left out of the context).
+        Optional: without it the host shows the remark as progress."""
+
     async def queued(self, position: int) -> None:
         """The reply waits in the worker's queue at `position` (1 = next); 0: it is being generated.
         Optional: a stream without it shows nothing while waiting."""

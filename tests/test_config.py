@@ -82,9 +82,14 @@ def test_missing_config_file_is_explained(tmp_path):
     assert "config.yaml not found (pass --config PATH or set MODELBOT_CONFIG)" in done.stderr
 
 
-def test_run_without_frontends_says_so(tmp_path):
+def test_run_names_what_is_missing(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("models:\n  - name: m\n    source: org/x\ndiscord:\n  enabled: true\n")
-    done = subprocess.run(cli("run", "--config", str(config)), capture_output=True, text=True, env=cli_env(), timeout=60)
-    assert done.returncode == 1
-    assert "the discord frontend(s) are not part of this version yet; nothing was started" in done.stderr
+    env = cli_env()
+    env.pop("DISCORD_TOKEN", None)
+    done = subprocess.run(cli("run", "--config", str(config)), capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert "discord.token: empty; set DISCORD_TOKEN" in done.stderr
+    slack = subprocess.run(cli("run", "slack", "--config", str(config)), capture_output=True, text=True, env=env,
+                           timeout=60)
+    assert slack.returncode == 1 and "the slack frontend is not part of this version yet" in slack.stderr
