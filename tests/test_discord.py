@@ -448,3 +448,19 @@ def test_a_long_reply_chain_is_trimmed_with_a_note(tmp_path):
 
     answer = asyncio.run(run())
     assert "oldest messages did not fit small's context and were left out" in answer[-1].content
+
+
+def test_only_the_configured_channels_are_answered(tmp_path):
+    async def run():
+        async with DiscordEmulator() as emu:
+            config = bot_config(tmp_path, emu, channels=[int(emu.channel_id)])
+            async with running_bot(config):
+                await emu.wait_ready()
+                olga = emu.user("olga")
+                elsewhere = await emu.push_message(olga, "What is 2+2?", mentions_bot=True,
+                                                   channel_id=emu.other_channel_id)
+                here = await emu.push_message(olga, "What is 2+2?", mentions_bot=True)
+                await answer_to(emu, here)
+                return [m for m in emu.bot_messages() if _answers(emu, m, elsewhere["id"])]
+
+    assert asyncio.run(run()) == []
