@@ -464,3 +464,25 @@ def test_only_the_configured_channels_are_answered(tmp_path):
                 return [m for m in emu.bot_messages() if _answers(emu, m, elsewhere["id"])]
 
     assert asyncio.run(run()) == []
+
+
+def test_deleting_the_question_stops_its_answer(tmp_path):
+    long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 400})
+
+    async def run():
+        async with bot_and_emulator(tmp_path, [long_answers], edit_interval=0.3) as (emu, config):
+            pia = emu.user("pia")
+            pushed = await emu.push_message(pia, "Write a long story about a dragon and a knight.", mentions_bot=True)
+            await emu.wait_for(lambda: [m for m in emu.bot_messages() if _answers(emu, m, pushed["id"])
+                                        and not m.content.startswith("…")], timeout=30)
+            await emu.dispatch("MESSAGE_DELETE", {"id": pushed["id"], "channel_id": pushed["channel_id"],
+                                                  "guild_id": emu.guild_id})
+            stopped = await emu.wait_for(lambda: [m for m in emu.bot_messages() if _answers(emu, m, pushed["id"])
+                                                  and "⚠️ stopped" in m.content], timeout=30)
+            await asyncio.sleep(1.0)
+            return stopped, emu.bot_messages()
+
+    stopped, later = asyncio.run(run())
+    assert stopped[-1].content.endswith("⚠️ stopped: the message it answered was deleted")
+    assert len(FOOTER.sub("", stopped[-1].content)) < 1500  # far from 400 tokens: generation really stopped
+    assert stopped[-1].content == later[-1].content  # and nothing was edited after that

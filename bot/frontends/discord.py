@@ -75,13 +75,16 @@ class DiscordFrontend:
             async def on_message(self, message: discord.Message) -> None:
                 await frontend.on_message(message)
 
+            async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+                frontend.on_prompt_deleted(payload.message_id)
+
             async def on_ready(self) -> None:
                 log.info("discord: logged in as %s (%s)", self.user, self.user.id if self.user else "?")
 
         self.client = Client(intents=intents, chunk_guilds_at_startup=False, guild_ready_timeout=0.5)
         self.tree = app_commands.CommandTree(self.client)
         self._register_commands()
-        self._tasks: set[asyncio.Task] = set()
+        self._answering: dict[int, asyncio.Task] = {}  # question message id -> the task answering it
 
     async def run(self) -> None:
         await self.client.start(self.settings.token)
@@ -100,6 +103,7 @@ class DiscordFrontend:
         reply = MessageReply(message, self.settings)
         if not await reply.start():
             return  # no permission to post here: logged, nothing else to do
+        self._answering[message.id] = asyncio.current_task()
         try:
             refusal = self._refuse_model_switch(message.author, text)
             if refusal:
@@ -109,8 +113,19 @@ class DiscordFrontend:
             event = ChatEvent(channel=str(message.channel.id), user=str(message.author.id), text=text,
                               history=history)
             await self.host.handle(event, reply)
+        except asyncio.CancelledError:
+            # the question was deleted: the host's run_model has cancelled the worker job on its way out
+            await reply.close(stopped="stopped: the message it answered was deleted")
+            return
         finally:
-            await reply.close()
+            self._answering.pop(message.id, None)
+        await reply.close()
+
+    def on_prompt_deleted(self, message_id: int) -> None:
+        """A deleted question needs no answer: stop generating it (and free its batch slot)."""
+        task = self._answering.get(message_id)
+        if task is not None:
+            task.cancel()
 
     async def _addressed(self, message: Any) -> bool:
         """Mentioned, replied to, in a thread the bot owns, or a DM if allowed; and in an allowed channel."""
@@ -289,11 +304,11 @@ class _DiscordReply:
     def stream(self, header: str = "") -> "DiscordStream":
         return DiscordStream(self._take_stream(), header)
 
-    async def close(self) -> None:
-        """The host is done: end any stream it left open, and the unused placeholder."""
+    async def close(self, stopped: str | None = None) -> None:
+        """The host is done (or was stopped, saying why): end any stream it left open."""
         for stream in self._streams:
             if not stream.ended and stream.messages:
-                await stream.finish("")
+                await (stream.fail(stopped) if stopped else stream.finish(""))
 
     async def _post(self, text: str, previous: Any) -> Any:
         raise NotImplementedError
@@ -429,10 +444,10 @@ class InteractionReply(_DiscordReply):
             return await self.interaction.channel.send(text)
         return None
 
-    async def close(self) -> None:
+    async def close(self, stopped: str | None = None) -> None:
         import discord
 
-        await super().close()
+        await super().close(stopped)
         if not self._used_original and not self._expired():  # do not leave "is thinking…" forever
             self._used_original = True
             try:

@@ -30,7 +30,7 @@ from bot.catalog import LoadedModel, ModelCatalog
 from bot.config import WorkerSettings
 from bot.inspect import human_bytes
 from bot.worker.batching import BatchSession, kv_bytes_per_token, unbatchable_reason
-from bot.worker.jobs import GenerationFailed, GenerationJob, GenerationStats, GenerationStream
+from bot.worker.jobs import GenerationFailed, GenerationJob, GenerationStats, GenerationStream, WorkerBusy
 from bot.worker.memory import device_total_bytes, is_out_of_memory, release_freed_memory
 from bot.worker.plain import NonFiniteLogits, run_plain
 from bot.worker.queue import FairQueue
@@ -89,7 +89,6 @@ class Worker:
         self._wake = threading.Event()
         self._closing = False
         self._stats_written = 0.0
-        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelbot-worker", daemon=True)
         self._thread.start()
 
@@ -104,9 +103,14 @@ class Worker:
         stream = GenerationStream(job, progress, on_position)
         stream.submitted = time.monotonic()
         stream.wake = self._wake.set
-        self.queue.push(stream)  # may raise WorkerBusy
-        with self._streams_lock:
+        with self._streams_lock:  # known before the worker can see it, so that its end is booked
             self._streams[job.id] = stream
+        try:
+            self.queue.push(stream)
+        except WorkerBusy:
+            with self._streams_lock:
+                self._streams.pop(job.id, None)
+            raise
         if (loading := self._loading.get(job.model)) is not None:
             stream.report_progress(loading)  # it arrived mid-load: say what the others already saw
         self._wake.set()
@@ -226,7 +230,6 @@ class Worker:
         self.budget = chosen or total
         self.residency = Residency(self.catalog, self.budget, self.max_resident, on_evict=self._before_evict)
         log.info("worker on %s, memory budget %s", device, human_bytes(self.budget))
-        self._ready.set()
 
     def _shut_down(self) -> None:
         self._closing = True
