@@ -29,10 +29,11 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from emulator_base import LocalServer, assert_no_swallowed_errors
 
 DISCORD_EPOCH_MS = 1420070400000
 API_PREFIX = "/api/v10"
@@ -165,9 +166,10 @@ class _GatewaySession:
                 await self.ws.send_bytes(self._zlib.compress(raw) + self._zlib.flush(zlib.Z_SYNC_FLUSH))
 
 
-class DiscordEmulator:
+class DiscordEmulator(LocalServer):
     def __init__(self, *, heartbeat_interval_ms: int = 1000, ack_deadline: float | None = 3.0,
                  gateway_compression: bool = False):
+        super().__init__()
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.ack_deadline = ack_deadline  # interactions not answered in time get 404 10062
         self.gateway_compression = gateway_compression  # honour ?compress=zlib-stream
@@ -183,8 +185,6 @@ class DiscordEmulator:
         self._faults: list[_Fault] = []
         self._sessions: list[_GatewaySession] = []
         self._ready = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
         self._build_world()
 
     # ---- world -------------------------------------------------------------------------
@@ -272,10 +272,6 @@ class DiscordEmulator:
     # ---- lifecycle ---------------------------------------------------------------------
 
     @property
-    def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def api_base(self) -> str:
         return self.http_base + API_PREFIX
 
@@ -283,30 +279,16 @@ class DiscordEmulator:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/"
 
-    async def start(self) -> DiscordEmulator:
+    def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._record_and_inject], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/ws/", self._gateway)
         app.router.add_get("/attachments/{aid}/{filename}", self._get_attachment)
         self._add_rest_routes(app.router)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return app
 
-    async def close(self) -> None:
+    async def _close_connections(self) -> None:
         for session in list(self._sessions):
             await session.ws.close(code=1000)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ---- fault injection and recording -------------------------------------------------
 
@@ -738,17 +720,6 @@ class DiscordEmulator:
     def find_requests(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.requests if r.method == method.upper() and re.search(path_regex, r.path)]
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-        """Poll predicate() until it returns something truthy; return that value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met within {timeout}s: {predicate}")
-            await asyncio.sleep(interval)
-
 
 # -- fixtures for the modules that test against the emulator (import them there) -------------
 @pytest.fixture
@@ -764,8 +735,5 @@ def restore_discord_urls(monkeypatch):
 @pytest.fixture
 def no_swallowed_discord_errors(caplog):
     """discord.py logs (and swallows) exceptions raised in event handlers and commands."""
-    import logging
-
     yield
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("discord")]
-    assert not errors, [r.getMessage() for r in errors]
+    assert_no_swallowed_errors(caplog.records, ("discord",))

@@ -30,12 +30,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
+from emulator_base import LocalServer, assert_no_swallowed_errors
 
 
 @dataclass
@@ -150,8 +151,9 @@ class SlackApiError(Exception):
         self.error = error
 
 
-class SlackEmulator:
+class SlackEmulator(LocalServer):
     def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test"):
+        super().__init__()
         self.bot_token, self.app_token = bot_token, app_token
         self.team_id, self.app_id = EMU_TEAM_ID, EMU_APP_ID
         self.bot_user_id, self.bot_id = BOT_USER_ID, BOT_ID
@@ -174,9 +176,7 @@ class SlackEmulator:
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1)
         self._last_ts = 0.0
-        self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
-        self.port = 0
 
     # ---- world -------------------------------------------------------------------------
 
@@ -209,43 +209,25 @@ class SlackEmulator:
     # ---- lifecycle ---------------------------------------------------------------------
 
     @property
-    def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def api_base(self) -> str:
         """The Web API base URL, with the trailing slash slack_sdk's base_url needs."""
         return self.http_base + "/api/"
 
-    async def start(self) -> SlackEmulator:
+    def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files/{file_id}/{name}", self._download)
         app.router.add_get("/link/", self._socket)
         app.router.add_post("/response/{command_id}", self._response_url)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return app
 
-    async def close(self) -> None:
+    async def _close_connections(self) -> None:
         for ws in list(self._sockets):
             await ws.close(code=1000)
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ---- fault injection ---------------------------------------------------------------
 
@@ -716,25 +698,10 @@ class SlackEmulator:
     def find_requests(self, method: str) -> list[ApiCall]:
         return [r for r in self.requests if r.method == method]
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-        """Poll predicate() until it returns something truthy; return that value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met within {timeout}s: {predicate}")
-            await asyncio.sleep(interval)
-
 
 # -- fixture for the modules that test against the emulator (import it there) ----------------
 @pytest.fixture
 def no_swallowed_slack_errors(caplog):
     """slack-bolt and slack_sdk log (and swallow) exceptions raised in listeners."""
-    import logging
-
     yield
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR
-              and r.name.startswith(("slack_bolt", "slack_sdk"))]
-    assert not errors, [r.getMessage() for r in errors]
+    assert_no_swallowed_errors(caplog.records, ("slack_bolt", "slack_sdk"))
