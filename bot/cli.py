@@ -221,22 +221,22 @@ async def cmd_bench(settings: Settings | None, args) -> int:
 
 
 async def cmd_run(settings: Settings, args) -> int:
-    available = ("discord",)  # slack arrives with its own release
-    wanted = args.frontends or [name for name in ("discord", "slack") if settings.sections.get(name, {}).get("enabled")]
+    from bot.frontends.section import flag
+
+    wanted = args.frontends or [name for name in FRONTENDS if flag(settings.sections.get(name, {}).get("enabled"))]
     if not wanted:
         print("modelbot run: no frontend is enabled in the config (discord.enabled / slack.enabled); "
               "use `modelbot console` to chat in the terminal", file=sys.stderr)
         return EXIT_FAILURE
-    missing = [name for name in wanted if name not in available]
-    if missing:
-        print(f"modelbot run: the {', '.join(missing)} frontend is not part of this version yet", file=sys.stderr)
+    unknown = [name for name in wanted if name not in FRONTENDS]
+    if unknown:
+        print(f"modelbot run: no frontend called {', '.join(unknown)} (there are: {', '.join(FRONTENDS)})",
+              file=sys.stderr)
         return EXIT_FAILURE
-    frontends_settings = {name: _frontend_settings(settings, name) for name in wanted}
+    frontends_settings = {name: _frontend_settings(settings, name) for name in wanted}  # errors before loading
 
     async def body(app):
-        from bot.frontends.discord import DiscordFrontend
-
-        frontends = [DiscordFrontend(app.host, frontends_settings["discord"])]
+        frontends = [_frontend(name, app.host, frontend_settings) for name, frontend_settings in frontends_settings.items()]
         try:
             await asyncio.gather(*(frontend.run() for frontend in frontends))
         finally:
@@ -247,14 +247,34 @@ async def cmd_run(settings: Settings, args) -> int:
     return await _with_app(settings, body)
 
 
+FRONTENDS = ("discord", "slack")
+
+
 def _frontend_settings(settings: Settings, name: str):
+    section = settings.sections.get(name, {})
+    if name == "slack":
+        from bot.frontends.slack_settings import check_credentials, parse_slack_settings
+
+        parsed = parse_slack_settings(section)
+        check_credentials(parsed)
+        return parsed
     from bot.frontends.discord_settings import parse_discord_settings
 
-    parsed = parse_discord_settings(settings.sections.get(name, {}))
+    parsed = parse_discord_settings(section)
     if not parsed.token:
         raise ConfigError("discord.token: empty; set DISCORD_TOKEN in the environment (the bot's token from the "
                           "Discord developer portal)")
     return parsed
+
+
+def _frontend(name: str, host, frontend_settings):
+    if name == "slack":
+        from bot.frontends.slack import SlackFrontend
+
+        return SlackFrontend(host, frontend_settings)
+    from bot.frontends.discord import DiscordFrontend
+
+    return DiscordFrontend(host, frontend_settings)
 
 
 COMMANDS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.catalog import UnknownModel
@@ -12,6 +13,19 @@ if TYPE_CHECKING:
     from bot.host import Host
 
 Handler = Callable[[ChatEvent, str, Reply], Awaitable[None]]
+# "show me the layers (of NAME)" in a chat message means /layers
+_LAYERS_REQUEST = re.compile(
+    r"^\s*(?:please\s+)?(?:show|list|display|print|give)\b.*?\blayers\b(?:\s+(?:of|for|in)\s+(?P<model>[\w.\-]+))?",
+    re.IGNORECASE,
+)
+
+
+def as_command(text: str) -> str:
+    """'show me the layers of gemma-2-2b' -> '/layers gemma-2-2b'; other text unchanged."""
+    match = _LAYERS_REQUEST.match(text)
+    if match is None:
+        return text
+    return f"/layers {match.group('model')}".strip() if match.group("model") else "/layers"
 
 
 class Commands:
@@ -57,7 +71,7 @@ class Commands:
                 "yes" if spec.name in loaded else "no",
                 spec.source,
             ))
-        await reply.send("```\n" + _table(rows) + "\n```\n* = this channel's model")
+        await reply.send("```\n" + _table(rows) + "\n```\n`*` = this channel's model")
 
     async def model(self, event: ChatEvent, args: str, reply: Reply) -> None:
         if not args:

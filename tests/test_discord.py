@@ -4,7 +4,6 @@ answering with SmolLM2 on the CPU. Assertions are on what the emulator received.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -13,14 +12,11 @@ from pathlib import Path
 
 import pytest
 from discord_emulator import DiscordEmulator, no_swallowed_discord_errors, restore_discord_urls  # noqa: F401
-from helpers import RecordingOut, smollm2, write_config
+from frontend_helpers import expected_reply, frontend_config, running_bot
+from helpers import smollm2, write_config
 
-from bot.app import build_app
-from bot.cli import cmd_run
+from bot.commands import as_command
 from bot.config import load_settings
-from bot.frontends.console import ConsoleReply
-from bot.frontends.discord import as_command
-from bot.host import ChatEvent
 
 FOOTER = re.compile(r"(?:^|\n)-# (?P<model>\S+) · [\d.]+ tok/s · \d+ tokens.*$")
 
@@ -30,9 +26,8 @@ pytestmark = pytest.mark.usefixtures("restore_discord_urls", "no_swallowed_disco
 
 
 def bot_config(tmp_path, emu, models=None, worker=None, **discord_settings):
-    section = {"enabled": True, "token": "test-token", "api_base": emu.api_base, "gateway_url": emu.gateway_url,
-               **discord_settings}
-    return write_config(tmp_path, models or [smollm2()], discord=section, worker=worker or {})
+    section = {"token": "test-token", "api_base": emu.api_base, "gateway_url": emu.gateway_url, **discord_settings}
+    return frontend_config(tmp_path, "discord", section, models, worker)
 
 
 @asynccontextmanager
@@ -40,36 +35,9 @@ async def bot_and_emulator(tmp_path, models=None, worker=None, **discord_setting
     """An emulator, and the bot connected to it; yields (emulator, config path)."""
     async with DiscordEmulator() as emu:
         config = bot_config(tmp_path, emu, models, worker, **discord_settings)
-        async with running_bot(config):
+        async with running_bot(config, "discord"):
             await emu.wait_ready()
             yield emu, config
-
-
-@asynccontextmanager
-async def running_bot(config):
-    """`modelbot run discord` in this event loop, until the block ends."""
-    settings = load_settings(config)
-    task = asyncio.create_task(cmd_run(settings, argparse.Namespace(frontends=["discord"])))
-    try:
-        yield settings
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def expected_reply(config, messages: list[dict], model: str | None = None) -> str:
-    """What the same model says to the same conversation without Discord (greedy)."""
-    app = build_app(load_settings(config))
-    try:
-        out = RecordingOut()
-        if model:
-            app.host.set_channel_model("x", model, persist=False)
-        *history, last = messages
-        result = await app.host.chat(ChatEvent("x", "u", last["content"], history=history),
-                                     ConsoleReply(out, RecordingOut(), show_footer=False))
-        return result.text
-    finally:
-        await app.close()
 
 
 async def answer_to(emu, pushed: dict, timeout: float = 60.0) -> list:
@@ -106,7 +74,7 @@ def test_a_mention_streams_the_greedy_answer_with_paced_edits(tmp_path):
         async with DiscordEmulator() as emu:
             config = bot_config(tmp_path, emu, [smollm2(generation={"do_sample": False, "max_new_tokens": 60})])
             expected = await expected_reply(config, [{"role": "user", "content": "Tell me about the sea."}])
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 alice = emu.user("alice")
                 pushed = await emu.push_message(alice, "Tell me about the sea.", mentions_bot=True)
@@ -154,14 +122,14 @@ def test_slash_model_switches_and_persists_across_a_restart(tmp_path):
     async def run():
         async with DiscordEmulator() as emu:
             config = bot_config(tmp_path, emu, models)
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 carol = emu.user("carol")
                 suggestions = await emu.push_interaction(carol, "model", {"name": "sec"}, kind=4)
                 await emu.wait_for(lambda: emu.interactions[suggestions["id"]].choices is not None)
                 switched = await emu.push_interaction(carol, "model", {"name": "second"})
                 record = await emu.wait_for(lambda: _edited_original(emu, switched["id"]))
-            async with running_bot(config):  # a restart: same config, same sqlite store
+            async with running_bot(config, "discord"):  # a restart: same config, same sqlite store
                 await emu.wait_for(lambda: len(emu.identify_payloads) == 2, timeout=30)
                 pushed = await emu.push_message(carol, "Hi", mentions_bot=True)
                 parts = await answer_to(emu, pushed)
@@ -229,7 +197,7 @@ def test_a_long_answer_is_split_without_loss_or_duplication(tmp_path):
         async with DiscordEmulator() as emu:
             config = bot_config(tmp_path, emu, [model], message_limit=100, edit_interval=0.2)
             expected = await expected_reply(config, [{"role": "user", "content": story}])
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 frank = emu.user("frank")
                 pushed = await emu.push_message(frank, story, mentions_bot=True)
@@ -275,7 +243,7 @@ def test_model_switch_for_admins_only(tmp_path):
         async with DiscordEmulator() as emu:
             config = bot_config(tmp_path, emu, models, model_switch="admins", admins=[int(emu.admin_role_id)],
                                 guilds=[int(emu.guild_id)])
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 return await switch_as_member_then_admin(emu)
 
@@ -346,7 +314,7 @@ def test_a_waiting_reply_shows_its_queue_position(tmp_path):
         async with DiscordEmulator() as emu:
             long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 120})
             config = bot_config(tmp_path, emu, [long_answers], worker={"batching": "off"}, edit_interval=0.3)
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 first = await emu.push_message(emu.user("jack"), "Write a long story about a dragon and a knight.",
                                                mentions_bot=True)
@@ -387,7 +355,7 @@ def test_a_model_that_cannot_load_answers_with_the_reason(tmp_path):
         async with DiscordEmulator() as emu:
             broken = {"name": "broken", "source": str(tmp_path / "no-such-model")}
             config = bot_config(tmp_path, emu, [broken])
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 pushed = await emu.push_message(emu.user("mia"), "Hello", mentions_bot=True)
                 return await emu.wait_for(
@@ -454,7 +422,7 @@ def test_only_the_configured_channels_are_answered(tmp_path):
     async def run():
         async with DiscordEmulator() as emu:
             config = bot_config(tmp_path, emu, channels=[int(emu.channel_id)])
-            async with running_bot(config):
+            async with running_bot(config, "discord"):
                 await emu.wait_ready()
                 olga = emu.user("olga")
                 elsewhere = await emu.push_message(olga, "What is 2+2?", mentions_bot=True,

@@ -18,17 +18,14 @@ import time
 from typing import Any
 
 from bot.frontends.discord_settings import DiscordSettings
-from bot.host import ChatEvent, Host, ordinal
-from bot.streaming import StreamedMessage
+from bot.commands import as_command
+from bot.frontends.message_reply import MessageReplyBase
+from bot.host import ChatEvent, Host
 
 log = logging.getLogger(__name__)
 
 CHAIN_LIMIT = 50  # messages walked back along a reply chain
 TOKEN_LIFETIME = 14 * 60  # an interaction token lasts 15 minutes; switch to channel messages before
-_LAYERS_REQUEST = re.compile(
-    r"^\s*(?:please\s+)?(?:show|list|display|print|give)\b.*?\blayers\b(?:\s+(?:of|for|in)\s+(?P<model>[\w.\-]+))?",
-    re.IGNORECASE,
-)
 _FOOTER_LINE = re.compile(r"\n?-# [^\n]*$")
 
 
@@ -45,14 +42,6 @@ def point_discord_py_at(settings: DiscordSettings) -> None:
 
     discord.http.Route.BASE = settings.api_base
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
-
-
-def as_command(text: str) -> str:
-    """'show me the layers of gemma-2-2b' -> '/layers gemma-2-2b'; other text unchanged."""
-    match = _LAYERS_REQUEST.match(text)
-    if match is None:
-        return text
-    return f"/layers {match.group('model')}".strip() if match.group("model") else "/layers"
 
 
 class DiscordFrontend:
@@ -269,49 +258,12 @@ class DiscordFrontend:
             log.error("discord: syncing slash commands failed (%s); mentions still work", exc)
 
 
-class _DiscordReply:
-    """What both kinds of reply share: streams built on StreamedMessage, files, progress."""
+class _DiscordReply(MessageReplyBase):
+    """Discord's edits; the posting is the subclass's (a reply, or an interaction's webhook)."""
 
     def __init__(self, settings: DiscordSettings):
+        super().__init__(settings.message_limit, settings.edit_interval)
         self.settings = settings
-        self._first: StreamedMessage | None = None  # the placeholder's stream, until someone uses it
-        self._streams: list[StreamedMessage] = []
-
-    def _new_stream(self) -> StreamedMessage:
-        stream = StreamedMessage(self._post, self._edit, limit=self.settings.message_limit,
-                                 interval=self.settings.edit_interval)
-        self._streams.append(stream)
-        return stream
-
-    def _take_stream(self) -> StreamedMessage:
-        if self._first is not None:
-            stream, self._first = self._first, None
-            return stream
-        return self._new_stream()
-
-    # Reply protocol
-    async def send(self, text: str) -> None:
-        stream = self._take_stream()
-        await stream.write(text)
-        await stream.finish("")
-
-    async def progress(self, text: str) -> None:
-        """Shown in the reply still waiting for its first words (the placeholder), if any."""
-        waiting = [stream for stream in self._streams if not stream.ended and not stream.text]
-        if waiting:
-            await waiting[-1].status(f"… {text}")
-
-    def stream(self, header: str = "") -> "DiscordStream":
-        return DiscordStream(self._take_stream(), header)
-
-    async def close(self, stopped: str | None = None) -> None:
-        """The host is done (or was stopped, saying why): end any stream it left open."""
-        for stream in self._streams:
-            if not stream.ended and stream.messages:
-                await (stream.fail(stopped) if stopped else stream.finish(""))
-
-    async def _post(self, text: str, previous: Any) -> Any:
-        raise NotImplementedError
 
     async def _edit(self, message: Any, text: str) -> Any:
         import discord
@@ -323,39 +275,6 @@ class _DiscordReply:
         return None
 
 
-class DiscordStream:
-    """The host's ReplyStream over a StreamedMessage, with an optional header line."""
-
-    def __init__(self, message: StreamedMessage, header: str = ""):
-        self._message = message
-        self._header = header
-        self._notes: list[str] = []
-
-    async def note(self, text: str) -> None:
-        self._notes.append(text)  # shown in the footer, so it stays with the answer
-
-    async def _header_once(self) -> None:
-        if self._header:
-            header, self._header = self._header, ""
-            await self._message.write(f"**{header}**\n")
-
-    async def write(self, delta: str) -> None:
-        await self._header_once()
-        await self._message.write(delta)
-
-    async def finish(self, footer: str) -> None:
-        await self._header_once()
-        await self._message.finish(" · ".join(part for part in (footer, *self._notes) if part))
-
-    async def fail(self, message: str) -> None:
-        await self._header_once()
-        await self._message.fail(message)
-
-    async def queued(self, position: int) -> None:
-        if position > 0:
-            await self._message.status(f"queued: {ordinal(position)}")
-
-
 class MessageReply(_DiscordReply):
     """Replies to a mention: a placeholder first, answers as replies to the user's message."""
 
@@ -364,9 +283,8 @@ class MessageReply(_DiscordReply):
         self.message = message
 
     async def start(self) -> bool:
-        self._first = self._new_stream()
         try:
-            await self._first.start()
+            await self._start_placeholder()
         except Exception as exc:  # noqa: BLE001 - discord.Forbidden and friends: log where, and stop
             log.error("discord: cannot reply in channel %s (%s: %s); check the bot's Send Messages permission",
                       self.message.channel.id, type(exc).__name__, exc)

@@ -1,0 +1,452 @@
+"""The Slack frontend end to end: the real slack-bolt and slack_sdk, started through `modelbot
+run slack`'s code path, talking HTTP and websocket (Socket Mode) to the local emulator
+(tests/slack_emulator.py), answering with SmolLM2 on the CPU. Assertions are on what the
+emulator received."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from frontend_helpers import expected_reply, frontend_config, running_bot
+from helpers import REPO, smollm2
+from slack_emulator import SlackEmulator, no_swallowed_slack_errors  # noqa: F401
+
+from bot.config import ConfigError
+from bot.frontends.mrkdwn import to_mrkdwn
+
+FOOTER = re.compile(r"(?:^|\n)_(?P<model>\S+) · [\d.]+ tok/s · \d+ tokens[^\n]*_$")
+SECRET = "test-signing-secret"
+
+# every test here: no exception swallowed (logged) by slack-bolt or slack_sdk
+pytestmark = pytest.mark.usefixtures("no_swallowed_slack_errors")
+
+
+def bot_config(tmp_path, emu, models=None, worker=None, **slack_settings):
+    section = {"bot_token": emu.bot_token, "app_token": emu.app_token, "api_base": emu.api_base, **slack_settings}
+    return frontend_config(tmp_path, "slack", section, models, worker)
+
+
+@asynccontextmanager
+async def socket_bot(tmp_path, models=None, worker=None, **slack_settings):
+    """An emulator, and the bot connected to it over Socket Mode; yields (emulator, config)."""
+    async with SlackEmulator() as emu:
+        config = bot_config(tmp_path, emu, models, worker, **slack_settings)
+        async with running_bot(config, "slack"):
+            await emu.wait_socket_connected(timeout=30)
+            yield emu, config
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def wait_listening(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def answer_in(emu, thread_ts: str, timeout: float = 60.0, count: int = 1) -> list:
+    """The bot's messages in the thread, once `count` of them carry a footer (or one an error)."""
+    def done():
+        parts = emu.bot_messages(thread_ts=thread_ts)
+        if sum(bool(FOOTER.search(m.text)) for m in parts) >= count:
+            return parts
+        if parts and parts[-1].text.startswith(("⚠️", "error")):
+            return parts
+        return None
+
+    return await emu.wait_for(done, timeout=timeout)
+
+
+def text_of(parts) -> str:
+    return "".join(FOOTER.sub("", part.text) for part in parts)
+
+
+async def push_thread_message(emu, user: str, text: str, thread_ts: str) -> str:
+    """A human writes in a thread without mentioning the bot: Slack sends a `message` event."""
+    message = emu.post_user_message(user, text, thread_ts=thread_ts)
+    await emu.push_socket_event("events_api", emu.event_callback(emu.message_event(message)))
+    return message.ts
+
+
+def test_http_mode_signed_mention_streams_the_greedy_answer_in_a_thread(tmp_path):
+    question = "Tell me about the sea."
+    port = free_port()
+
+    async def run():
+        async with SlackEmulator() as emu:
+            config = bot_config(tmp_path, emu, [smollm2(generation={"do_sample": False, "max_new_tokens": 60})],
+                                mode="http", signing_secret=SECRET, port=port, host="127.0.0.1", app_token="")
+            expected = await expected_reply(config, [{"role": "user", "content": question}])
+            async with running_bot(config, "slack"):
+                await wait_listening(port)
+                url = f"http://127.0.0.1:{port}/slack/events"
+                body = emu.event_callback(emu.app_mention(emu.user("alice"), question))
+                refused = [(await emu.deliver(url, body, None))[0],
+                           (await emu.deliver(url, body, SECRET, timestamp=int(time.time()) - 600))[0],
+                           (await emu.deliver(url, body, "not the secret"))[0]]
+                await asyncio.sleep(0.5)
+                after_refused = list(emu.requests)
+                status, _, took = await emu.deliver(url, body, SECRET)
+                parts = await answer_in(emu, body["event"]["ts"])
+                retried = await emu.deliver(url, body, SECRET, retry_num=1, retry_reason="http_timeout")
+                await asyncio.sleep(1.0)
+                return expected, refused, after_refused, (status, took), parts, retried, emu
+
+    expected, refused, after_refused, (status, took), parts, retried, emu = asyncio.run(run())
+    assert refused == [401, 401, 401]
+    assert [r.method for r in after_refused] == ["auth.test"]  # the bot's own start-up: nothing else happened
+    assert status == 200 and took < 3  # acked at once; the answer follows
+    assert len(parts) == 1 and expected
+    (reply,) = parts
+    assert text_of(parts) == to_mrkdwn(expected)
+    assert FOOTER.search(reply.text).group("model") == "smollm2"
+    versions = [text for text, _, _ in reply.history]
+    assert versions[0] == "…"  # the placeholder came first, in the thread
+    texts = [FOOTER.sub("", v) for v in versions[1:] if not v.startswith(("…", "queued"))]
+    assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:])), versions  # only grows
+    edit_times = [t for _, _, t in reply.history[1:-1]]  # the last edit (footer) is never held back
+    assert all(b - a >= 1.4 for a, b in zip(edit_times, edit_times[1:])), edit_times  # ~1 edit per 1.5 s
+    assert retried[0] == 200  # the retry is acknowledged...
+    assert len(emu.bot_messages()) == 1 and len(emu.find_requests("chat.postMessage")) == 1  # ...and not answered
+
+
+def test_socket_mode_mention_is_acked_answered_once_and_the_thread_continues(tmp_path):
+    first_question = "My favourite colour is green. Say OK."
+    second_question = "What is my favourite colour?"
+
+    async def run():
+        async with socket_bot(tmp_path) as (emu, config):
+            bob = emu.user("bob")
+            eid, event = await emu.push_mention(bob, first_question)
+            await emu.wait_for(lambda: eid in emu.acks)
+            answer = await answer_in(emu, event["ts"])
+            again = await emu.redeliver(eid, "timeout")  # Slack's retry: retry_attempt 1
+            await emu.wait_for(lambda: again in emu.acks)
+            await push_thread_message(emu, bob, second_question, event["ts"])
+            both = await answer_in(emu, event["ts"], count=2)
+            unrelated = emu.post_user_message(bob, "a thread the bot is not in")
+            await push_thread_message(emu, bob, "no one asked the bot here", unrelated.ts)
+            await asyncio.sleep(1.0)
+            history = [{"role": "user", "content": first_question},
+                       {"role": "assistant", "content": text_of(answer)},
+                       {"role": "user", "content": second_question}]
+            with_history = await expected_reply(config, history)
+            without = await expected_reply(config, [{"role": "user", "content": second_question}])
+            return emu, eid, answer, both, unrelated, with_history, without
+
+    emu, eid, answer, both, unrelated, with_history, without = asyncio.run(run())
+    assert emu.acks[eid].time - emu.envelopes[eid].time < 3
+    assert len(answer) == 1 and answer[0].thread_ts == emu.envelopes[eid].payload["event"]["ts"]
+    assert len(both) == 2  # the retry got no answer of its own, the follow-up did
+    assert text_of(both[1:]) == to_mrkdwn(with_history)
+    assert with_history != without  # the thread really was the history
+    assert emu.bot_messages(thread_ts=unrelated.ts) == []
+
+
+def test_slash_model_is_acked_persists_across_a_restart_and_can_be_for_admins_only(tmp_path):
+    models = [smollm2(), smollm2("second")]
+
+    async def run():
+        async with SlackEmulator() as emu:
+            member, admin = emu.user("member"), emu.user("admin")
+            config = bot_config(tmp_path, emu, models, model_switch="admins", admins=[admin])
+            async with running_bot(config, "slack"):
+                await emu.wait_socket_connected(timeout=30)
+                refused_eid = await emu.push_socket_event("slash_commands", emu.slash_command(member, "/model", "second"))
+                refusal = await emu.wait_for(lambda: [m for m in emu.bot_messages() if "admins" in m.text])
+                eid = await emu.push_socket_event("slash_commands", emu.slash_command(admin, "/model", "second"))
+                switched = await emu.wait_for(lambda: [m for m in emu.bot_messages() if "now uses" in m.text])
+                # bolt sends the ack once its listener called ack(), polling every 10 ms: the answer
+                # can be posted first; wait for the ack before the bot is stopped
+                await emu.wait_for(lambda: refused_eid in emu.acks and eid in emu.acks)
+            async with running_bot(config, "slack"):  # a restart: same config, same sqlite store
+                await emu.wait_for(lambda: len(emu.socket_connections) == 2, timeout=30)
+                _, event = await emu.push_mention(member, "Hi")
+                parts = await answer_in(emu, event["ts"])
+            return emu, refused_eid, eid, refusal, switched, parts, admin
+
+    emu, refused_eid, eid, refusal, switched, parts, admin = asyncio.run(run())
+    for envelope in (refused_eid, eid):
+        assert emu.acks[envelope].time - emu.envelopes[envelope].time < 3  # acked within Slack's 3 s
+    assert "Only the bot's admins" in refusal[0].text
+    assert switched[0].text == f"<@{admin}> `/model second`\nThis channel now uses second."
+    assert switched[0].thread_ts is None  # a command's answer is in the channel
+    assert FOOTER.search(parts[-1].text).group("model") == "second"
+
+
+def test_layers_by_slash_command_and_by_asking(tmp_path):
+    async def run():
+        async with socket_bot(tmp_path) as (emu, config):
+            dave = emu.user("dave")
+            await emu.push_socket_event("slash_commands", emu.slash_command(dave, "/layers"))
+            by_command = await emu.wait_for(lambda: [f for f in emu.files.values() if f.completed], timeout=60)
+            _, event = await emu.push_mention(dave, "show me the layers")
+            asked = await emu.wait_for(lambda: [f for f in emu.files.values() if f.thread_ts == event["ts"]], timeout=60)
+            return emu, by_command, event, asked
+
+    emu, by_command, event, asked = asyncio.run(run())
+    (anchor,) = [m for m in emu.bot_messages() if m.thread_ts is None]
+    assert anchor.text.startswith(f"<@{emu.envelopes[next(iter(emu.envelopes))].payload['user_id']}> `/layers`")
+    assert "`smollm2` · LlamaForCausalLM" in anchor.text and "memory: 538.1 MB" in anchor.text
+    assert by_command[0].filename == "smollm2-layers.txt" and by_command[0].thread_ts == anchor.ts
+    assert b"LlamaForCausalLM" in by_command[0].data
+    summary = emu.bot_messages(thread_ts=event["ts"])[0].text
+    assert summary.split("\n")[:3] == anchor.text.split("\n")[1:4]  # the same answer as /layers
+    assert asked[0].filename == "smollm2-layers.txt" and asked[0].data == by_command[0].data
+
+
+def test_compare_answers_with_both_models_labelled(tmp_path):
+    models = [smollm2(), smollm2("second")]
+
+    async def run():
+        async with socket_bot(tmp_path, models) as (emu, config):
+            await emu.push_socket_event("slash_commands", emu.slash_command(emu.user("erin"), "/compare",
+                                                                            "What is 2+2?"))
+            return await emu.wait_for(lambda: [m for m in emu.bot_messages() if FOOTER.search(m.text)]
+                                      if len([m for m in emu.bot_messages() if FOOTER.search(m.text)]) == 2 else None,
+                                      timeout=90)
+
+    first, second = asyncio.run(run())
+    assert first.text.split("\n")[:2] == ["<@U0EMU000001> `/compare What is 2+2?`", "*── smollm2 ──*"]
+    assert second.text.startswith("*── second ──*\n") and second.thread_ts == first.ts
+    assert FOOTER.search(first.text).group("model") == "smollm2"
+    assert FOOTER.search(second.text).group("model") == "second"
+
+
+def test_a_long_answer_is_split_without_loss_or_duplication(tmp_path):
+    story = "Write a long story about a dragon and a knight."
+    model = smollm2(generation={"do_sample": False, "max_new_tokens": 160})
+
+    async def run():
+        async with SlackEmulator() as emu:
+            config = bot_config(tmp_path, emu, [model], message_limit=100, edit_interval=0.2)
+            expected = await expected_reply(config, [{"role": "user", "content": story}])
+            async with running_bot(config, "slack"):
+                await emu.wait_socket_connected(timeout=30)
+                _, event = await emu.push_mention(emu.user("frank"), story)
+                parts = await answer_in(emu, event["ts"], timeout=120)
+            return expected, parts, emu.find_requests("chat.postMessage")
+
+    expected, parts, posts = asyncio.run(run())
+    assert len(parts) >= 4 and all(len(p.text) <= 100 for p in parts[:-1])
+    assert all(p.text for p in parts) and FOOTER.search(parts[-1].text)
+    assert text_of(parts) == to_mrkdwn(expected)  # joined back, nothing lost and nothing twice
+    assert len(posts) == len(parts)  # each part posted exactly once
+    for earlier, later in zip(parts, parts[1:]):  # a sealed part is never edited again
+        assert earlier.history[-1][2] <= later.history[0][2]
+
+
+def test_rate_limited_update_is_waited_out_and_retried(tmp_path):
+    async def run():
+        async with socket_bot(tmp_path, edit_interval=0.3) as (emu, config):
+            emu.fail_next("chat.update", 429, retry_after=1)
+            _, event = await emu.push_mention(emu.user("gina"), "What is the capital of France?")
+            parts = await answer_in(emu, event["ts"])
+            return parts, emu.find_requests("chat.update")
+
+    parts, updates = asyncio.run(run())
+    assert (updates[0].status, updates[0].error) == (429, "ratelimited")
+    assert updates[1].status == 200 and updates[1].params == updates[0].params  # the same edit, again
+    assert updates[1].time - updates[0].time >= 1.0  # after Retry-After
+    assert "Paris" in text_of(parts)
+
+
+def test_errors_and_places_the_bot_cannot_post_become_messages(tmp_path):
+    async def run():
+        async with SlackEmulator() as emu:
+            broken = {"name": "broken", "source": str(tmp_path / "no-such-model")}
+            config = bot_config(tmp_path, emu, [broken])
+            async with running_bot(config, "slack"):
+                await emu.wait_socket_connected(timeout=30)
+                _, event = await emu.push_mention(emu.user("mia"), "Hello")
+                failed = await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=event["ts"])
+                                                     if "⚠️" in m.text])
+                emu.fail_next("chat.postMessage", 200, error="not_in_channel")
+                command = emu.slash_command(emu.user("ned"), "/models")
+                await emu.push_socket_event("slash_commands", command)
+                told = await emu.wait_for(lambda: emu.response_posts[command["command_id"]])
+            return failed, told
+
+    (failed,), told = asyncio.run(run())
+    assert "could not load model broken" in failed.text or "no-such-model" in failed.text
+    assert told[0]["json"]["response_type"] == "ephemeral" and "/invite" in told[0]["json"]["text"]
+
+
+def test_its_own_other_bots_unaddressed_and_other_channels_messages_are_ignored(tmp_path):
+    async def run():
+        async with socket_bot(tmp_path, channels=["C0GENERAL1"]) as (emu, config):
+            henry = emu.user("henry")
+            own = emu.post_user_message(emu.bot_user_id, f"<@{emu.bot_user_id}> talking to myself")
+            other_bot = {**emu.message_event(emu.post_user_message(emu.user("otherbot"), "hi", mention=True)),
+                         "bot_id": "B0OTHER01"}
+            for event in (emu.message_event(own), other_bot,
+                          emu.message_event(emu.post_user_message(henry, "just chatting, no mention"))):
+                await emu.push_socket_event("events_api", emu.event_callback(event))
+            await emu.push_mention(henry, "What is 2+2?", channel=emu.other_channel)
+            await asyncio.sleep(1.5)
+            silent = list(emu.bot_messages())
+            _, event = await emu.push_mention(henry, "What is 2+2?")
+            await answer_in(emu, event["ts"])
+            return silent, emu.bot_messages()
+
+    silent, after = asyncio.run(run())
+    assert [m for m in silent if m.origin != "user"] == []
+    assert len([m for m in after if m.origin != "user"]) == 1  # and it still answers a real mention in an allowed channel
+
+
+def test_deleting_the_question_stops_its_answer(tmp_path):
+    long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 400})
+
+    async def run():
+        async with socket_bot(tmp_path, [long_answers], edit_interval=0.3) as (emu, config):
+            _, event = await emu.push_mention(emu.user("pia"), "Write a long story about a dragon and a knight.")
+            await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=event["ts"])
+                                        if not m.text.startswith("…")], timeout=30)
+            deleted = {"type": "message", "subtype": "message_deleted", "channel": event["channel"],
+                       "deleted_ts": event["ts"], "hidden": True, "ts": "1.000000",
+                       "previous_message": {"type": "message", "user": event["user"], "ts": event["ts"]}}
+            await emu.push_socket_event("events_api", emu.event_callback(deleted))
+            stopped = await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=event["ts"])
+                                                  if "⚠️ stopped" in m.text], timeout=30)
+            await asyncio.sleep(1.0)
+            return stopped, emu.bot_messages(thread_ts=event["ts"])
+
+    stopped, later = asyncio.run(run())
+    assert stopped[-1].text.endswith("⚠️ stopped: the message it answered was deleted")
+    assert len(stopped[-1].text) < 1500  # far from 400 tokens: generation really stopped
+    assert stopped[-1].text == later[-1].text  # and nothing was edited after that
+
+
+def test_slack_settings_env_overrides_credentials_and_errors_name_the_key(monkeypatch):
+    from bot.frontends.slack_settings import check_credentials, parse_slack_settings
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-env")
+    monkeypatch.setenv("SLACK_API_BASE", "https://slack-gov.com/api")
+    monkeypatch.setenv("SLACK_PORT", "8080")
+    parsed = parse_slack_settings({"bot_token": "xoxb-file", "enabled": "true", "channels": "C1, C2",
+                                   "admins": ["U1"], "model_switch": "Admins"})
+    assert parsed.bot_token == "xoxb-from-env" and parsed.api_base == "https://slack-gov.com/api/"
+    assert parsed.port == 8080 and parsed.enabled and parsed.mode == "socket"
+    assert parsed.channels == ("C1", "C2") and parsed.admins == frozenset({"U1"}) and parsed.model_switch == "admins"
+    assert (parsed.edit_interval, parsed.message_limit) == (1.5, 3500)  # chat.update's pace, Slack's length
+    with pytest.raises(ConfigError, match="slack.app_token: empty; set SLACK_APP_TOKEN"):
+        check_credentials(parsed)
+    with pytest.raises(ConfigError, match="slack.signing_secret: empty; set SLACK_SIGNING_SECRET"):
+        check_credentials(parse_slack_settings({"mode": "http"}))
+    with pytest.raises(ConfigError, match="app-level token"):
+        check_credentials(parse_slack_settings({"app_token": "xoxb-wrong-kind"}))
+    for bad, key in (({"mode": "webhook"}, "slack.mode"), ({"channels": ["#general"]}, "slack.channels"),
+                     ({"edit_interval": -1}, "slack.edit_interval"), ({"colour": "red"}, "slack.colour"),
+                     ({"message_limit": 5000}, "slack.message_limit")):
+        with pytest.raises(ConfigError, match=key):
+            parse_slack_settings(bad)
+
+
+def test_a_refused_bot_token_stops_the_bot_with_the_reason(tmp_path):
+    async def run():
+        async with SlackEmulator(bot_token="xoxb-the-real-one") as emu:
+            config = bot_config(tmp_path, emu, bot_token="xoxb-revoked")
+            async with running_bot(config, "slack") as task:
+                return await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+
+    (outcome,) = asyncio.run(run())
+    assert isinstance(outcome, RuntimeError) and "invalid_auth" in str(outcome) and "SLACK_BOT_TOKEN" in str(outcome)
+
+
+def test_the_app_manifest_asks_for_what_the_frontend_uses():
+    """docs/slack-manifest.yaml is what users install: its commands, events and scopes must
+    match what bot/frontends/slack.py answers and calls."""
+    import yaml
+
+    from bot.frontends.slack import COMMANDS, SlackFrontend
+
+    manifest = yaml.safe_load((REPO / "docs" / "slack-manifest.yaml").read_text(encoding="utf-8"))
+    commands = [entry["command"] for entry in manifest["features"]["slash_commands"]]
+    assert commands == [f"/{name}" for name in COMMANDS]
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {"app_mention", "message.channels"} <= events and manifest["settings"]["socket_mode_enabled"]
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    # app_mention, thread reading, posting/editing, commands, file upload
+    assert {"app_mentions:read", "channels:history", "chat:write", "commands", "files:write"} <= scopes
+    source = Path(SlackFrontend.__module__.replace(".", "/") + ".py")
+    code = (REPO / source).read_text(encoding="utf-8")
+    for call, scope in (("conversations_replies", "channels:history"), ("files_upload_v2", "files:write"),
+                        ("chat_update", "chat:write")):
+        assert call in code and scope in scopes
+
+
+def test_every_command_is_acked_within_3_seconds_and_answered_in_the_channel(tmp_path):
+    async def run():
+        async with socket_bot(tmp_path) as (emu, config):
+            quinn = emu.user("quinn")
+            sent = {}
+            for name in ("help", "models", "stats", "stop"):
+                sent[name] = await emu.push_socket_event("slash_commands", emu.slash_command(quinn, f"/{name}"))
+            await emu.wait_for(lambda: all(eid in emu.acks for eid in sent.values()))
+            answers = await emu.wait_for(lambda: {name: m.text for name in sent for m in emu.bot_messages()
+                                                  if m.text.startswith(f"<@{quinn}> `/{name}`\n")
+                                                  and not m.text.endswith("…")} if len(emu.bot_messages()) == 4
+                                         and not any(m.text.endswith("…") for m in emu.bot_messages()) else None)
+            return emu, sent, answers, quinn
+
+    emu, sent, answers, quinn = asyncio.run(run())
+    for eid in sent.values():
+        assert emu.acks[eid].time - emu.envelopes[eid].time < 3
+    assert "/compare" in answers["help"] and "/layers" in answers["help"]
+    # /models is a table in a code block: kept intact (its "*" marks this channel's model), legend in code
+    models = answers["models"].split("\n")
+    assert models[1] == "```" and models[3].startswith("*  smollm2  llama") and models[-1] == "`*` = this channel's model"
+    stats = answers["stats"].split("\n")
+    assert stats[1] == "```" and stats[2].startswith("device cpu · memory") and stats[-1] == "```"
+    assert answers["stop"].endswith("Nothing is being generated here.")
+
+
+def test_a_waiting_reply_shows_its_queue_position(tmp_path):
+    long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 120})
+
+    async def run():
+        async with socket_bot(tmp_path, [long_answers], worker={"batching": "off"}, edit_interval=0.3) as (emu, _):
+            _, first = await emu.push_mention(emu.user("jack"), "Write a long story about a dragon and a knight.")
+            await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=first["ts"])
+                                        if not m.text.startswith("…")], timeout=30)
+            _, second = await emu.push_mention(emu.user("kate"), "Name a color.")
+            parts = await answer_in(emu, second["ts"])
+            await answer_in(emu, first["ts"])
+            return [text for text, _, _ in parts[0].history]
+
+    versions = asyncio.run(run())
+    assert "queued: 1st" in versions and FOOTER.search(versions[-1])
+
+
+def test_stopping_the_bot_ends_the_answers_in_progress_with_a_message(tmp_path):
+    long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 400})
+
+    async def run():
+        async with SlackEmulator() as emu:
+            config = bot_config(tmp_path, emu, [long_answers], edit_interval=0.3)
+            async with running_bot(config, "slack"):
+                await emu.wait_socket_connected(timeout=30)
+                _, event = await emu.push_mention(emu.user("rob"), "Write a long story about a dragon and a knight.")
+                await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=event["ts"])
+                                            if not m.text.startswith("…")], timeout=30)
+            return emu.bot_messages(thread_ts=event["ts"])
+
+    parts = asyncio.run(run())
+    assert parts[-1].text.endswith("⚠️ stopped: the bot is shutting down")  # not left hanging mid-sentence
