@@ -90,6 +90,13 @@ def test_run_names_what_is_missing(tmp_path):
     done = subprocess.run(cli("run", "--config", str(config)), capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert "discord.token: empty; set DISCORD_TOKEN" in done.stderr
+    for variable in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        env.pop(variable, None)
     slack = subprocess.run(cli("run", "slack", "--config", str(config)), capture_output=True, text=True, env=env,
                            timeout=60)
-    assert slack.returncode == 1 and "the slack frontend is not part of this version yet" in slack.stderr
+    assert slack.returncode == 2
+    assert "slack.bot_token: empty; set SLACK_BOT_TOKEN" in slack.stderr
+    assert "slack.app_token: empty; set SLACK_APP_TOKEN" in slack.stderr  # Socket Mode, the default
+    other = subprocess.run(cli("run", "teams", "--config", str(config)), capture_output=True, text=True, env=env,
+                           timeout=60)
+    assert other.returncode == 1 and "no frontend called teams (there are: discord, slack)" in other.stderr

@@ -107,9 +107,16 @@ def test_http_mode_signed_mention_streams_the_greedy_answer_in_a_thread(tmp_path
                 parts = await answer_in(emu, body["event"]["ts"])
                 retried = await emu.deliver(url, body, SECRET, retry_num=1, retry_reason="http_timeout")
                 await asyncio.sleep(1.0)
-                return expected, refused, after_refused, (status, took), parts, retried, emu
+                answers_after_retry = len(emu.bot_messages())
+                command = emu.slash_command(emu.user("alma"), "/models")  # form-encoded, signed, same URL
+                acked = await emu.deliver(url, command, SECRET)
+                listed = await emu.wait_for(lambda: [m for m in emu.bot_messages() if "`/models`" in m.text
+                                                     and "smollm2" in m.text])
+                return expected, refused, after_refused, (status, took), parts, retried, answers_after_retry, \
+                    acked, listed, emu
 
-    expected, refused, after_refused, (status, took), parts, retried, emu = asyncio.run(run())
+    expected, refused, after_refused, (status, took), parts, retried, answers_after_retry, acked, listed, emu = \
+        asyncio.run(run())
     assert refused == [401, 401, 401]
     assert [r.method for r in after_refused] == ["auth.test"]  # the bot's own start-up: nothing else happened
     assert status == 200 and took < 3  # acked at once; the answer follows
@@ -124,7 +131,8 @@ def test_http_mode_signed_mention_streams_the_greedy_answer_in_a_thread(tmp_path
     edit_times = [t for _, _, t in reply.history[1:-1]]  # the last edit (footer) is never held back
     assert all(b - a >= 1.4 for a, b in zip(edit_times, edit_times[1:])), edit_times  # ~1 edit per 1.5 s
     assert retried[0] == 200  # the retry is acknowledged...
-    assert len(emu.bot_messages()) == 1 and len(emu.find_requests("chat.postMessage")) == 1  # ...and not answered
+    assert answers_after_retry == 1 and len(emu.find_requests("chat.postMessage")) == 2  # ...and not answered
+    assert acked[0] == 200 and acked[2] < 3 and listed[0].thread_ts is None  # a slash command over HTTP too
 
 
 def test_socket_mode_mention_is_acked_answered_once_and_the_thread_continues(tmp_path):
@@ -195,8 +203,9 @@ def test_layers_by_slash_command_and_by_asking(tmp_path):
     async def run():
         async with socket_bot(tmp_path) as (emu, config):
             dave = emu.user("dave")
-            await emu.push_socket_event("slash_commands", emu.slash_command(dave, "/layers"))
+            eid = await emu.push_socket_event("slash_commands", emu.slash_command(dave, "/layers"))
             by_command = await emu.wait_for(lambda: [f for f in emu.files.values() if f.completed], timeout=60)
+            assert emu.acks[eid].time - emu.envelopes[eid].time < 3  # acked at once, though loading took longer
             _, event = await emu.push_mention(dave, "show me the layers")
             asked = await emu.wait_for(lambda: [f for f in emu.files.values() if f.thread_ts == event["ts"]], timeout=60)
             return emu, by_command, event, asked
@@ -236,7 +245,7 @@ def test_a_long_answer_is_split_without_loss_or_duplication(tmp_path):
 
     async def run():
         async with SlackEmulator() as emu:
-            config = bot_config(tmp_path, emu, [model], message_limit=100, edit_interval=0.2)
+            config = bot_config(tmp_path, emu, [model], message_limit=100, edit_interval=0.2, edits_per_minute=600)
             expected = await expected_reply(config, [{"role": "user", "content": story}])
             async with running_bot(config, "slack"):
                 await emu.wait_socket_connected(timeout=30)
@@ -255,7 +264,7 @@ def test_a_long_answer_is_split_without_loss_or_duplication(tmp_path):
 
 def test_rate_limited_update_is_waited_out_and_retried(tmp_path):
     async def run():
-        async with socket_bot(tmp_path, edit_interval=0.3) as (emu, config):
+        async with socket_bot(tmp_path, edit_interval=0.3, edits_per_minute=600) as (emu, config):
             emu.fail_next("chat.update", 429, retry_after=1)
             _, event = await emu.push_mention(emu.user("gina"), "What is the capital of France?")
             parts = await answer_in(emu, event["ts"])
@@ -315,7 +324,7 @@ def test_deleting_the_question_stops_its_answer(tmp_path):
     long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 400})
 
     async def run():
-        async with socket_bot(tmp_path, [long_answers], edit_interval=0.3) as (emu, config):
+        async with socket_bot(tmp_path, [long_answers], edit_interval=0.3, edits_per_minute=600) as (emu, config):
             _, event = await emu.push_mention(emu.user("pia"), "Write a long story about a dragon and a knight.")
             await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=event["ts"])
                                         if not m.text.startswith("…")], timeout=30)
@@ -359,15 +368,18 @@ def test_slack_settings_env_overrides_credentials_and_errors_name_the_key(monkey
             parse_slack_settings(bad)
 
 
-def test_a_refused_bot_token_stops_the_bot_with_the_reason(tmp_path):
+@pytest.mark.parametrize("token", ["bot_token", "app_token"])
+def test_a_refused_token_stops_the_bot_with_the_reason(tmp_path, token):
     async def run():
-        async with SlackEmulator(bot_token="xoxb-the-real-one") as emu:
-            config = bot_config(tmp_path, emu, bot_token="xoxb-revoked")
+        async with SlackEmulator(bot_token="xoxb-the-real-one", app_token="xapp-the-real-one") as emu:
+            config = bot_config(tmp_path, emu, **{"bot_token": emu.bot_token, "app_token": emu.app_token,
+                                                  token: "xapp-revoked" if token == "app_token" else "xoxb-revoked"})
             async with running_bot(config, "slack") as task:
                 return await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
 
     (outcome,) = asyncio.run(run())
-    assert isinstance(outcome, RuntimeError) and "invalid_auth" in str(outcome) and "SLACK_BOT_TOKEN" in str(outcome)
+    variable = "SLACK_APP_TOKEN" if token == "app_token" else "SLACK_BOT_TOKEN"
+    assert isinstance(outcome, RuntimeError) and "invalid_auth" in str(outcome) and variable in str(outcome)
 
 
 def test_the_app_manifest_asks_for_what_the_frontend_uses():
@@ -422,7 +434,7 @@ def test_a_waiting_reply_shows_its_queue_position(tmp_path):
     long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 120})
 
     async def run():
-        async with socket_bot(tmp_path, [long_answers], worker={"batching": "off"}, edit_interval=0.3) as (emu, _):
+        async with socket_bot(tmp_path, [long_answers], worker={"batching": "off"}, edit_interval=0.3, edits_per_minute=600) as (emu, _):
             _, first = await emu.push_mention(emu.user("jack"), "Write a long story about a dragon and a knight.")
             await emu.wait_for(lambda: [m for m in emu.bot_messages(thread_ts=first["ts"])
                                         if not m.text.startswith("…")], timeout=30)
@@ -440,7 +452,7 @@ def test_stopping_the_bot_ends_the_answers_in_progress_with_a_message(tmp_path):
 
     async def run():
         async with SlackEmulator() as emu:
-            config = bot_config(tmp_path, emu, [long_answers], edit_interval=0.3)
+            config = bot_config(tmp_path, emu, [long_answers], edit_interval=0.3, edits_per_minute=600)
             async with running_bot(config, "slack"):
                 await emu.wait_socket_connected(timeout=30)
                 _, event = await emu.push_mention(emu.user("rob"), "Write a long story about a dragon and a knight.")
@@ -450,3 +462,66 @@ def test_stopping_the_bot_ends_the_answers_in_progress_with_a_message(tmp_path):
 
     parts = asyncio.run(run())
     assert parts[-1].text.endswith("⚠️ stopped: the bot is shutting down")  # not left hanging mid-sentence
+
+
+def test_a_split_reply_reads_back_as_one_turn_with_its_code_block_whole():
+    from bot.frontends.mrkdwn import ends_in_code, from_slack
+    from bot.frontends.slack import join_parts
+
+    reply = "Here is the loop:\n```python\nfor i in range(3):\n    print(i)\n```\nDone."
+    cut = reply.index("    print")  # the split falls inside the code block
+    first, second = reply[:cut], reply[cut:]
+    shown = [to_mrkdwn(first), to_mrkdwn(second, opens_in_code=ends_in_code(first))]
+    assert shown[0].endswith("\n```") and shown[1].startswith("```\n    print(i)")
+    read_back = join_parts(*(from_slack(text) for text in shown))
+    assert read_back == "Here is the loop:\n```\nfor i in range(3):\n    print(i)\n```\nDone."
+    assert join_parts("The end of one", "part.") == "The end of one\npart."
+
+
+def test_answers_growing_at_once_share_the_workspace_edit_budget():
+    from bot.frontends.slack import EditBudget
+    from bot.streaming import StreamedMessage
+
+    async def post(text, previous):
+        return text
+
+    async def edit(message, text):
+        return None
+
+    async def run():
+        budget = EditBudget(interval=1.5, per_minute=50)
+        streams = [StreamedMessage(post, edit, limit=3500, interval=1.5) for _ in range(10)]
+        for stream in streams:
+            await stream.start()
+            budget.add(stream)
+        ten = [stream.interval for stream in streams]
+        for stream in streams[:8]:
+            await stream.finish("done")
+        two = budget.spread()
+        for stream in streams[8:]:
+            await stream.finish("done")
+        return ten, two, streams[8].interval, budget.spread()
+
+    ten, two, left, none = asyncio.run(run())
+    assert ten == [12.0] * 10  # 10 answers x one edit per 12 s = 50 edits a minute
+    assert two == 2.4 and left == 2.4  # the ended ones left their share to the two still growing
+    assert none == 1.5  # never faster than edit_interval
+
+
+def test_ten_people_asking_at_once_each_get_one_whole_answer(tmp_path):
+    questions = [f"What is {n} plus {n}?" for n in range(1, 11)]
+
+    async def run():
+        async with socket_bot(tmp_path) as (emu, config):
+            pushed = await asyncio.gather(*(emu.push_mention(emu.user(f"user{n}"), question)
+                                            for n, question in enumerate(questions)))
+            answers = [await answer_in(emu, event["ts"], timeout=120) for _, event in pushed]
+            await asyncio.sleep(0.5)
+            return emu, pushed, answers
+
+    emu, pushed, answers = asyncio.run(run())
+    assert all(eid in emu.acks and emu.acks[eid].time - emu.envelopes[eid].time < 3 for eid, _ in pushed)
+    for (_, event), parts in zip(pushed, answers):
+        assert len(emu.bot_messages(thread_ts=event["ts"])) == 1 and FOOTER.search(parts[0].text)
+        assert text_of(parts).strip() and "⚠️" not in parts[0].text
+    assert len(emu.bot_messages()) == 10

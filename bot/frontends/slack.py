@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from bot.frontends.message_reply import MessageReplyBase
 from bot.frontends.mrkdwn import ends_in_code, from_slack, to_mrkdwn
 from bot.frontends.slack_settings import SlackSettings
 from bot.host import ChatEvent, Host
+from bot.streaming import StreamedMessage
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,29 @@ class _Recent:
         return key in self._items
 
 
+class EditBudget:
+    """chat.update is rate limited per workspace (Tier 3, about 50 a minute), not per message:
+    the more answers grow at once, the less often each one is edited, so that ten people
+    asking together do not run into 429s. Final edits are never held back."""
+
+    def __init__(self, interval: float, per_minute: int):
+        self.base = interval
+        self.per_minute = per_minute
+        self._streams: weakref.WeakSet[StreamedMessage] = weakref.WeakSet()
+
+    def add(self, stream: StreamedMessage) -> None:
+        self._streams.add(stream)
+        self.spread()
+
+    def spread(self) -> float:
+        """Share the budget among the answers still growing; returns the interval each gets."""
+        growing = [stream for stream in self._streams if not stream.ended]
+        interval = max(self.base, len(growing) * 60 / self.per_minute)
+        for stream in growing:
+            stream.interval = interval
+        return interval
+
+
 class SlackFrontend:
     def __init__(self, host: Host, settings: SlackSettings):
         from slack_bolt.async_app import AsyncApp
@@ -84,6 +109,7 @@ class SlackFrontend:
         self._threads = _Recent()  # (channel, thread_ts) -> whether the bot took part in it
         self._answering: dict[tuple[str, str], asyncio.Task] = {}  # question -> the task answering it
         self._stopped = asyncio.Event()
+        self.edits = EditBudget(settings.edit_interval, settings.edits_per_minute)
         self._socket = None
         self._runner = None
         self.port = 0  # HTTP mode, once serving
@@ -91,10 +117,18 @@ class SlackFrontend:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
+        from slack_sdk.errors import SlackApiError
+
         await self._identify()
         if self.settings.mode == "socket":
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
+            try:  # slack_sdk would retry a refused token forever: ask once first, and say why
+                await self.client.apps_connections_open(app_token=self.settings.app_token)
+            except SlackApiError as exc:
+                raise RuntimeError(f"slack: the app-level token was refused ({exc.response.get('error')}); check "
+                                   "SLACK_APP_TOKEN (Basic Information → App-Level Tokens, scope "
+                                   "connections:write) and that Socket Mode is on") from None
             self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
             await self._socket.connect_async()
             log.info("slack: connected in Socket Mode as <@%s>", self.bot_user_id)
@@ -167,7 +201,7 @@ class SlackFrontend:
         self._handled.put((channel, ts))
         self._threads.put((channel, thread_ts), True)
         text = as_command(from_slack(event.get("text", ""), drop_user=self.bot_user_id))
-        reply = SlackReply(self.client, channel, thread_ts, self.settings)
+        reply = SlackReply(self.client, channel, thread_ts, self.settings, self.edits)
         if not await reply.start():
             return
         self._answering[(channel, ts)] = asyncio.current_task()
@@ -237,7 +271,7 @@ class SlackFrontend:
                 role = "user"
             content = from_slack(message.get("text", "") if role == "user" else content, drop_user=self.bot_user_id)
             if turns and turns[-1]["role"] == role == "assistant":
-                turns[-1]["content"] += content  # parts of one split reply
+                turns[-1]["content"] = join_parts(turns[-1]["content"], content)  # one reply, split in messages
             else:
                 turns.append({"role": role, "content": content})
         return [turn for turn in turns if turn["content"].strip()]
@@ -260,7 +294,7 @@ class SlackFrontend:
         if self.settings.channels and channel not in self.settings.channels:
             await respond(text="I am not set up to answer in this channel.", response_type="ephemeral")
             return
-        reply = CommandReply(self.client, channel, f"<@{user}> `{_shorten(text)}`", self.settings)
+        reply = CommandReply(self.client, channel, f"<@{user}> `{_shorten(text)}`", self.settings, self.edits)
         if not await reply.start():
             await respond(text="I cannot post in this channel: add me first (`/invite @modelbot`), then try again.",
                           response_type="ephemeral")
@@ -273,6 +307,14 @@ class SlackFrontend:
             await self.host.handle(ChatEvent(channel=channel, user=user, text=text, history=[]), reply)
         finally:
             await reply.close()
+
+
+def join_parts(first: str, second: str) -> str:
+    """Two messages of one split reply, read back (stripped): a code block that the split closed
+    and reopened is one block again; otherwise a line break stands where the cut was."""
+    if first.endswith("\n```") and second.startswith("```\n"):
+        return first[: -len("```")] + second[len("```\n"):]
+    return f"{first}\n{second}"
 
 
 def _shorten(text: str, limit: int = 150) -> str:
@@ -298,11 +340,18 @@ class PostedMessage:
 class SlackReply(MessageReplyBase):
     """Answers in one thread of a channel (a mention's), converted to mrkdwn; chat.update edits."""
 
-    def __init__(self, client: Any, channel: str, thread_ts: str | None, settings: SlackSettings):
+    def __init__(self, client: Any, channel: str, thread_ts: str | None, settings: SlackSettings,
+                 edits: EditBudget):
         super().__init__(settings.message_limit, settings.edit_interval, footer_format=slack_footer)
         self.client = client
         self.channel = channel
         self.thread_ts = thread_ts
+        self.edits = edits
+
+    def _new_stream(self) -> StreamedMessage:
+        stream = super()._new_stream()
+        self.edits.add(stream)
+        return stream
 
     async def start(self) -> bool:
         from slack_sdk.errors import SlackApiError
@@ -341,6 +390,7 @@ class SlackReply(MessageReplyBase):
         from slack_sdk.errors import SlackApiError
 
         message.markdown = text
+        self.edits.spread()  # answers that ended since leave their share to the others
         try:
             await self.client.chat_update(channel=message.channel, ts=message.ts, text=message.render())
         except SlackApiError as exc:
@@ -355,8 +405,8 @@ class CommandReply(SlackReply):
     """Answers to a slash command: the first message in the channel, under the invocation line
     ("@user `/compare …`"); whatever follows (a second model, a file) in its thread."""
 
-    def __init__(self, client: Any, channel: str, invocation: str, settings: SlackSettings):
-        super().__init__(client, channel, None, settings)
+    def __init__(self, client: Any, channel: str, invocation: str, settings: SlackSettings, edits: EditBudget):
+        super().__init__(client, channel, None, settings, edits)
         self.invocation = invocation
 
     async def _post(self, text: str, previous: PostedMessage | None) -> PostedMessage:

@@ -12,7 +12,8 @@ DEFAULT_API_BASE = "https://slack.com/api/"
 _ENV_OVERRIDES = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN",
                   "signing_secret": "SLACK_SIGNING_SECRET", "api_base": "SLACK_API_BASE", "port": "SLACK_PORT"}
 _KNOWN = {"enabled", "mode", "bot_token", "app_token", "signing_secret", "api_base", "host", "port", "path",
-          "channels", "admins", "model_switch", "edit_interval", "message_limit", "rate_limit_retries"}
+          "channels", "admins", "model_switch", "edit_interval", "message_limit", "rate_limit_retries",
+          "edits_per_minute"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SlackSettings:
     edit_interval: float = 1.5  # chat.update is Tier 3 (~50/min): one edit per 1.5 s per message
     message_limit: int = 3500  # a streamed message continues in a new one past this
     rate_limit_retries: int = 5  # 429s waited out (Retry-After) before giving up
+    edits_per_minute: int = 50  # chat.update budget shared by every growing answer (Tier 3: 50+/min)
 
 
 def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
@@ -57,6 +59,7 @@ def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
         edit_interval=seconds(raw, "slack", "edit_interval", 1.5),
         message_limit=whole_number(raw, "slack", "message_limit", 3500, 100, 3900),
         rate_limit_retries=whole_number(raw, "slack", "rate_limit_retries", 5, 0, 100),
+        edits_per_minute=whole_number(raw, "slack", "edits_per_minute", 50, 1, 6000),
     )
 
 
