@@ -163,7 +163,7 @@ class SlackFrontend:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
             raise RuntimeError(f"slack: the bot token was refused ({exc.response.get('error')}); "
-                             "check SLACK_BOT_TOKEN (OAuth & Permissions → Bot User OAuth Token)") from None
+                               "check SLACK_BOT_TOKEN (OAuth & Permissions → Bot User OAuth Token)") from None
         self.bot_user_id, self.bot_id = auth["user_id"], auth.get("bot_id") or ""
 
     def _register(self) -> None:
