@@ -28,6 +28,14 @@ def as_command(text: str) -> str:
     return f"/layers {match.group('model')}".strip() if match.group("model") else "/layers"
 
 
+def model_switch_refusal(text: str, model_switch: str, is_admin: bool) -> str | None:
+    """What a chat frontend answers to `/model NAME` from a non-admin where only admins may switch."""
+    wants_switch = text.startswith("/model ") and text.split(maxsplit=1)[1].strip()
+    if not wants_switch or model_switch != "admins" or is_admin:
+        return None
+    return "Only the bot's admins can switch models here. Ask one of them, or use /models to see what is available."
+
+
 class Commands:
     def __init__(self, host: "Host"):
         self.host = host

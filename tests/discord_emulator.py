@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from emulator_base import LocalServer, assert_no_swallowed_errors
+from emulator_base import LocalServer, assert_no_swallowed_errors, take_fault
 
 DISCORD_EPOCH_MS = 1420070400000
 API_PREFIX = "/api/v10"
@@ -299,11 +299,7 @@ class DiscordEmulator(LocalServer):
         self._faults.append(_Fault(method.upper(), re.compile(path_regex), status, retry_after, times, body))
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
-        for fault in self._faults:
-            if fault.times > 0 and fault.method in ("*", method) and fault.path_re.search(path):
-                fault.times -= 1
-                return fault
-        return None
+        return take_fault(self._faults, lambda f: f.method in ("*", method) and f.path_re.search(path))
 
     @staticmethod
     def _fault_response(fault: _Fault) -> web.Response:

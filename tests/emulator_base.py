@@ -62,6 +62,15 @@ class LocalServer:
             await asyncio.sleep(interval)
 
 
+def take_fault(faults: list, matches: Callable[[Any], bool]) -> Any | None:
+    """The first injected fault with uses left that `matches` a request, used once; else None."""
+    for fault in faults:
+        if fault.times > 0 and matches(fault):
+            fault.times -= 1
+            return fault
+    return None
+
+
 def assert_no_swallowed_errors(records: Iterable[logging.LogRecord], loggers: tuple[str, ...]) -> None:
     """Client libraries log (and swallow) exceptions raised in handlers: a test must see them."""
     errors = [r for r in records if r.levelno >= logging.ERROR and r.name.startswith(loggers)]

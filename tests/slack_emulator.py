@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from emulator_base import LocalServer, assert_no_swallowed_errors
+from emulator_base import LocalServer, assert_no_swallowed_errors, take_fault
 
 
 @dataclass
@@ -245,11 +245,7 @@ class SlackEmulator(LocalServer):
         self._faults.append(_Fault(method, status, int(retry_after), times, error))
 
     def _take_fault(self, method: str) -> _Fault | None:
-        for fault in self._faults:
-            if fault.times > 0 and fault.method in ("*", method):
-                fault.times -= 1
-                return fault
-        return None
+        return take_fault(self._faults, lambda f: f.method in ("*", method))
 
     @staticmethod
     def _fault_response(fault: _Fault) -> web.Response:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from bot.frontends.discord_settings import DiscordSettings
-from bot.commands import as_command
+from bot.commands import as_command, model_switch_refusal
 from bot.frontends.message_reply import MessageReplyBase
 from bot.host import ChatEvent, Host
 
@@ -175,10 +175,7 @@ class DiscordFrontend:
         return [turn for turn in turns if turn["content"].strip()]
 
     def _refuse_model_switch(self, author: Any, text: str) -> str | None:
-        wants_switch = text.startswith("/model ") and text.split(maxsplit=1)[1].strip()
-        if not wants_switch or self.settings.model_switch != "admins" or self._is_admin(author):
-            return None
-        return "Only the bot's admins can switch models here. Ask one of them, or use /models to see what is available."
+        return model_switch_refusal(text, self.settings.model_switch, self._is_admin(author))
 
     def _is_admin(self, author: Any) -> bool:
         ids = {author.id, *(role.id for role in getattr(author, "roles", []))}

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from bot.commands import as_command
+from bot.commands import as_command, model_switch_refusal
 from bot.frontends.message_reply import MessageReplyBase
 from bot.frontends.mrkdwn import ends_in_code, from_slack, to_mrkdwn
 from bot.frontends.slack_settings import SlackSettings
@@ -280,10 +280,7 @@ class SlackFrontend:
         return message.get("user") == self.bot_user_id or (bool(self.bot_id) and message.get("bot_id") == self.bot_id)
 
     def _refuse_model_switch(self, user: str, text: str) -> str | None:
-        wants_switch = text.startswith("/model ") and text.split(maxsplit=1)[1].strip()
-        if not wants_switch or self.settings.model_switch != "admins" or user in self.settings.admins:
-            return None
-        return "Only the bot's admins can switch models here. Ask one of them, or use /models to see what is available."
+        return model_switch_refusal(text, self.settings.model_switch, user in self.settings.admins)
 
     # -- slash commands ---------------------------------------------------------------------------
     async def on_command(self, command: dict, respond) -> None:
