@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(add("bench", "benchmark the worker: one user, many users, and plain generate, in one table"))
 
     run = add("run", "start the chat frontends enabled in the config")
-    run.add_argument("frontends", nargs="*", help="only these (discord, slack)")
+    run.add_argument("frontends", nargs="*", help="only these (e.g. discord, slack)")
     return parser
 
 
@@ -221,22 +221,28 @@ async def cmd_bench(settings: Settings | None, args) -> int:
 
 
 async def cmd_run(settings: Settings, args) -> int:
-    from bot.frontends.section import flag
+    from bot.frontends.registry import frontend_names, load_frontend
 
-    wanted = args.frontends or [name for name in FRONTENDS if flag(settings.sections.get(name, {}).get("enabled"))]
-    if not wanted:
-        print("modelbot run: no frontend is enabled in the config (discord.enabled / slack.enabled); "
-              "use `modelbot console` to chat in the terminal", file=sys.stderr)
-        return EXIT_FAILURE
-    unknown = [name for name in wanted if name not in FRONTENDS]
+    known = frontend_names()
+    unknown = [name for name in args.frontends if name not in known]
     if unknown:
-        print(f"modelbot run: no frontend called {', '.join(unknown)} (there are: {', '.join(FRONTENDS)})",
+        print(f"modelbot run: no frontend called {', '.join(unknown)} (there are: {', '.join(known)})",
               file=sys.stderr)
         return EXIT_FAILURE
-    frontends_settings = {name: _frontend_settings(settings, name) for name in wanted}  # errors before loading
+    types = {name: load_frontend(name) for name in args.frontends or known}
+    if not args.frontends:
+        types = {name: kind for name, kind in types.items() if kind.enabled(settings.sections.get(name, {}))}
+    if not types:
+        print(f"modelbot run: no frontend is enabled in the config ({' / '.join(f'{n}.enabled' for n in known)}); "
+              "use `modelbot console` to chat in the terminal", file=sys.stderr)
+        return EXIT_FAILURE
+    parsed = {}
+    for name, kind in types.items():  # every config error before anything loads or connects
+        parsed[name] = kind.parse_settings(settings.sections.get(name, {}))
+        kind.check_ready(parsed[name])
 
     async def body(app):
-        frontends = [_frontend(name, app.host, frontend_settings) for name, frontend_settings in frontends_settings.items()]
+        frontends = [kind.create(app.host, parsed[name]) for name, kind in types.items()]
         try:
             await asyncio.gather(*(frontend.run() for frontend in frontends))
         finally:
@@ -245,36 +251,6 @@ async def cmd_run(settings: Settings, args) -> int:
         return 0
 
     return await _with_app(settings, body)
-
-
-FRONTENDS = ("discord", "slack")
-
-
-def _frontend_settings(settings: Settings, name: str):
-    section = settings.sections.get(name, {})
-    if name == "slack":
-        from bot.frontends.slack_settings import check_credentials, parse_slack_settings
-
-        parsed = parse_slack_settings(section)
-        check_credentials(parsed)
-        return parsed
-    from bot.frontends.discord_settings import parse_discord_settings
-
-    parsed = parse_discord_settings(section)
-    if not parsed.token:
-        raise ConfigError("discord.token: empty; set DISCORD_TOKEN in the environment (the bot's token from the "
-                          "Discord developer portal)")
-    return parsed
-
-
-def _frontend(name: str, host, frontend_settings):
-    if name == "slack":
-        from bot.frontends.slack import SlackFrontend
-
-        return SlackFrontend(host, frontend_settings)
-    from bot.frontends.discord import DiscordFrontend
-
-    return DiscordFrontend(host, frontend_settings)
 
 
 COMMANDS = {

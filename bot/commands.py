@@ -1,4 +1,5 @@
-"""Slash commands shared by every frontend: /help /models /model /layers /compare /reset /stop /stats."""
+"""Slash commands shared by every frontend; which ones exist, and how they are described,
+is bot/command_table.py."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import re
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.catalog import UnknownModel
+from bot.command_table import BY_NAME, CommandSpec, offered
 from bot.host import ChatEvent, format_footer
 from bot.reply import Reply
+from bot.reply import notice as _notice
 
 if TYPE_CHECKING:
     from bot.host import Host
@@ -39,28 +42,25 @@ def model_switch_refusal(text: str, model_switch: str, is_admin: bool) -> str | 
 class Commands:
     def __init__(self, host: "Host"):
         self.host = host
-        self.handlers: dict[str, tuple[Handler, str, str]] = {
-            "help": (self.help, "", "this list"),
-            "models": (self.models, "", "the configured models, their plugin, source, quantization and whether loaded"),
-            "model": (self.model, "[NAME]", "show or switch this channel's model"),
-            "layers": (self.layers, "[NAME]", "a model's layers, parameter counts, 4-bit layers and memory footprint"),
-            "compare": (self.compare, "[--models a,b] PROMPT", "run PROMPT through several models, one after another"),
-            "reset": (self.reset, "", "forget this channel's conversation"),
-            "stop": (self.stop, "", "stop the reply being generated in this channel"),
-            "stats": (self.stats, "", "loaded models and their memory, the queue, recent speed"),
-        }
 
     async def dispatch(self, event: ChatEvent, text: str, reply: Reply) -> None:
         name, _, args = text[1:].partition(" ")
-        entry = self.handlers.get(name.lower())
-        if entry is None:
-            await reply.send(f"Unknown command /{name}. Commands: {', '.join('/' + n for n in self.handlers)}")
+        spec = BY_NAME.get(name.lower())
+        available = offered(event.history is None)
+        if spec is None:
+            names = ", ".join("/" + spec.name for spec in available)
+            await _notice(reply, f"Unknown command /{name}. Commands: {names}")
             return
-        await entry[0](event, args.strip(), reply)
+        if spec not in available:
+            await _notice(reply, "Nothing to forget here: a conversation is the reply chain or thread it is in. "
+                                 "Mention me in a new message to start afresh.")
+            return
+        handler: Handler = getattr(self, spec.name)
+        await handler(event, args.strip(), PrivateReply(reply) if spec.private else reply)
 
     async def help(self, event: ChatEvent, args: str, reply: Reply) -> None:
         lines = ["Talk to me in plain text; I answer with this channel's model. Commands:"]
-        lines += [f"/{name} {usage}".rstrip() + f" — {about}" for name, (_, usage, about) in self.handlers.items()]
+        lines += [_help_line(spec) for spec in offered(event.history is None)]
         await reply.send("\n".join(lines))
 
     async def models(self, event: ChatEvent, args: str, reply: Reply) -> None:
@@ -133,6 +133,26 @@ class Commands:
         from bot.stats import format_stats
 
         await reply.send("```\n" + format_stats(self.host.worker.snapshot()) + "\n```")
+
+
+def _help_line(spec: CommandSpec) -> str:
+    return f"/{spec.name} {spec.usage}".rstrip() + f" — {spec.summary}"
+
+
+class PrivateReply:
+    """A command answered to the asker only (/help, /stats): messages become notices."""
+
+    def __init__(self, reply: Reply):
+        self._reply = reply
+
+    async def send(self, text: str) -> None:
+        await _notice(self._reply, text)
+
+    async def notice(self, text: str) -> None:
+        await _notice(self._reply, text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reply, name)
 
 
 def _parse_compare(args: str, all_models: list[str]) -> tuple[list[str], str]:

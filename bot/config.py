@@ -2,8 +2,8 @@
 
 Every problem is reported as one ConfigError naming the key (``models[1].quantization``)
 and what is wrong with it; ``${VAR}`` in any string value reads the environment.
-Frontend sections (``discord:``, ``slack:``) are kept as plain mappings here and
-validated by their own frontends.
+Frontend sections (``discord:``, ``slack:``, and any registered frontend's) are kept as
+plain mappings here and validated by their own frontends (bot/frontends/registry.py).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Settings:
     store_path: Path = Path("modelbot.sqlite3")
     max_resident_models: int = 1
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # discord:, slack:, ...
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # each frontend's (discord:, slack:, ...)
     path: Path | None = None
 
     def model(self, name: str) -> ModelSpec | None:
@@ -108,8 +108,10 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
         raw = {}
     _expect(raw, dict, "top level", "a mapping")
     raw = _interpolate(raw, "")
-    known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models",
-             "worker", "discord", "slack", "console"}
+    from bot.frontends.registry import frontend_names
+
+    frontends = ["console", *frontend_names()]
+    known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models", "worker", *frontends}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(known))})")
@@ -138,7 +140,7 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
         raise ConfigError(f"max_resident_models: must be a whole number >= 1 (got {max_resident!r})")
 
     sections = {}
-    for name in ("discord", "slack", "console"):
+    for name in frontends:
         section = raw.get(name) or {}
         _expect(section, dict, name, "a mapping")
         sections[name] = section

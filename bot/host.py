@@ -12,7 +12,7 @@ from bot.catalog import ModelCatalog, UnknownModel
 from bot.config import ModelSpec, Settings
 from bot.conversation import ChannelHistory, fit_to_context
 from bot.inspect import human_bytes
-from bot.reply import Reply, ReplyStream
+from bot.reply import Reply, ReplyGone, ReplyStream, notice
 from bot.sources import SourceError
 from bot.store import Store
 from bot.worker import GenerationFailed, GenerationJob, GenerationStats, Worker
@@ -63,12 +63,14 @@ class Host:
             elif text:
                 await self.chat(event, reply)
             else:
-                await reply.send("Say something, or /help for commands.")
+                await notice(reply, "Say something, or /help for commands.")
+        except ReplyGone:
+            raise  # the platform message is gone: nothing to answer into (the frontend logs it)
         except USER_FACING_ERRORS as exc:
-            await reply.send(f"error: {exc}")
+            await notice(reply, f"error: {exc}")
         except Exception as exc:  # noqa: BLE001 - never leave a user without an answer
             log.exception("unexpected failure handling %r in %s", text[:80], event.channel)
-            await reply.send(f"error: something went wrong ({type(exc).__name__}: {exc})")
+            await notice(reply, f"error: something went wrong ({type(exc).__name__}: {exc})")
 
     # -- model choice ---------------------------------------------------------------------------
     def channel_model(self, channel: str) -> ModelSpec:
@@ -179,12 +181,6 @@ class Host:
             loop.call_soon_threadsafe(show, message)
 
         return report
-
-
-def ordinal(n: int) -> str:
-    """1 -> 1st, 2 -> 2nd, 11 -> 11th, 23 -> 23rd."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def format_footer(stats: GenerationStats | None, with_footprint: bool = False) -> str:

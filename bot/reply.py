@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Protocol
 
 
+class ReplyGone(Exception):
+    """The reply's message was deleted on the platform (a moderator removed it): the answer
+    ends quietly, its generation is stopped, and nothing more is posted for it."""
+
+
 class ReplyStream(Protocol):
     async def write(self, delta: str) -> None:
         """Append generated text to the reply."""
@@ -32,6 +37,11 @@ class Reply(Protocol):
     async def send(self, text: str) -> None:
         """Post a complete message (Markdown)."""
 
+    async def notice(self, text: str) -> None:
+        """A message only the asker needs (help, stats, a refusal, an error): private where the
+        platform can do that (Discord's ephemeral answers, Slack's response_url).
+        Optional: without it the host uses send()."""
+
     async def send_file(self, filename: str, content: str, caption: str = "") -> None:
         """Post a text attachment, with an optional caption."""
 
@@ -40,3 +50,9 @@ class Reply(Protocol):
 
     def stream(self, header: str = "") -> ReplyStream:
         """Start a streamed reply, optionally under a header line (used by /compare)."""
+
+
+async def notice(reply: Reply, text: str) -> None:
+    """Tell the asker only, where the reply can (Reply.notice is optional)."""
+    private = getattr(reply, "notice", None)
+    await (private(text) if private is not None else reply.send(text))

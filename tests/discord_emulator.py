@@ -11,18 +11,30 @@ A plain ``discord.Client`` never calls GET /gateway: it connects to DEFAULT_GATE
 directly (AutoShardedClient calls GET /gateway/bot, which is served too).
 
 The world is fixed: one guild with two text channels, the bot user, an admin role and the
-human users that tests create.  Everything the client sends is recorded in
-``emu.requests``; every message (users', the bot's, interaction responses) is stored in
-``emu.messages`` with its edit history.  Faults (429, 403, ...) are injected with
-``fail_next``.
+human users that tests create, plus DM channels (``dm_channel(user)``).  Everything the
+client sends is recorded in ``emu.requests``; every message (users', the bot's,
+interaction responses) is stored in ``emu.messages`` with its edit history and, per
+create/edit, whom Discord would have pinged (``StoredMessage.pings``).
+
+Like Discord, message writes (create and edit) share one rate-limit bucket per channel
+(``rate_limit``, 5 per 5 s by default) and all REST requests a global one
+(``global_rate_limit``); accepted writes carry truthful ``X-RateLimit-*`` headers and
+refused ones get a 429 that discord.py waits out (``emu.rate_limited``,
+``channel_writes``, ``max_writes_in_window`` tell what happened).  Faults (429, 403,
+5xx, or 0 = dropped connection) are injected with ``fail_next``, and ``outage(seconds)``
+answers every REST request with an error for a while.  ``delete_message`` deletes a
+message as a moderator would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import http
 import itertools
 import json
+import math
 import re
 import secrets
 import time
@@ -33,7 +45,7 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from emulator_base import LocalServer, assert_no_swallowed_errors, take_fault
+from emulator_base import LocalServer, assert_no_swallowed_errors, max_in_window, take_fault
 
 DISCORD_EPOCH_MS = 1420070400000
 API_PREFIX = "/api/v10"
@@ -51,7 +63,25 @@ ERROR_BODIES = {
     403: ("Missing Permissions", 50013),
     404: ("Unknown Message", 10008),
     500: ("Internal Server Error", 0),
+    502: ("502: Bad Gateway", 0),
+    503: ("503: Service Unavailable", 0),
+    504: ("504: Gateway Timeout", 0),
 }
+RATE_LIMITED_MESSAGE = "You are being rate limited."
+
+# Message writes: create and edit share one bucket per channel (deletes are not in it).
+WRITE_ROUTES = (("POST", re.compile(r"^/channels/(\d+)/messages$")),
+                ("PATCH", re.compile(r"^/channels/(\d+)/messages/\d+$")))
+# Interaction endpoints (callbacks and their webhooks) are not bound to the global limit.
+GLOBAL_EXEMPT = re.compile(r"^/(interactions|webhooks)/")
+
+USER_MENTION = re.compile(r"<@!?(\d+)>")
+ROLE_MENTION = re.compile(r"<@&(\d+)>")
+EVERYONE_MENTION = re.compile(r"@(everyone|here)\b")
+
+# fail_next(status=NETWORK_FAILURE): close the connection without any HTTP response.
+NETWORK_FAILURE = 0
+_DROPPED = object()  # what _injected returns for such a fault
 
 
 def _json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
@@ -63,6 +93,35 @@ def _json_response(data: Any, status: int = 200, headers: dict | None = None) ->
 
 def _error(status: int, message: str, code: int) -> web.Response:
     return _json_response({"message": message, "code": code}, status)
+
+
+def _error_for(status: int, body: dict | None = None) -> web.Response:
+    """An injected error, with a Discord-shaped body unless one is given."""
+    try:
+        default = (http.HTTPStatus(status).phrase, 0)
+    except ValueError:
+        default = ("Error", 0)
+    message, code = ERROR_BODIES.get(status, default)
+    return _json_response(body or {"message": message, "code": code}, status)
+
+
+def write_channel(method: str, path: str) -> str | None:
+    """The channel a message write (create or edit) goes to; None for any other request."""
+    for write_method, pattern in WRITE_ROUTES:
+        match = pattern.match(path)
+        if match and method == write_method:
+            return match.group(1)
+    return None
+
+
+def _bucket_hash(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:32]
+
+
+# Like Discord, one hash for the message-write route in every channel (the channel id is
+# the bucket's major parameter): discord.py keys hashes by route, so a hash per channel
+# would make it re-learn the bucket whenever the bot switched channels.
+WRITE_BUCKET_HASH = _bucket_hash("channel message writes")
 
 
 def _iso_now() -> str:
@@ -80,7 +139,7 @@ class Request:
     form: dict  # non-file multipart fields
     files: list  # [(filename, bytes)] from multipart bodies
     time: float  # time.monotonic() at arrival
-    status: int | None = None  # status returned, filled in after handling
+    status: int | None = None  # status returned (0: connection dropped), filled in after handling
 
 
 # Where the middleware leaves the parsed Request for the handler.
@@ -96,11 +155,11 @@ class StoredMessage:
     author: dict
     content: str
     origin: str  # "user", "rest", "interaction" or "webhook" (interaction follow-up)
-    guild_id: str
+    guild_id: str | None  # None in DMs
     history: list = field(default_factory=list)  # [{"content", "time"}], creation first
     attachments: list = field(default_factory=list)  # [{"id", "filename", "data"}]
     message_reference: dict | None = None
-    mentions: list = field(default_factory=list)
+    mentions: list = field(default_factory=list)  # user objects pinged by the last create/edit
     embeds: list = field(default_factory=list)
     flags: int = 0
     interaction_id: str | None = None
@@ -108,6 +167,10 @@ class StoredMessage:
     deleted: bool = False
     timestamp: str = field(default_factory=_iso_now)
     edited_timestamp: str | None = None
+    # Per create/edit, in order: {"users": [ids], "roles": [ids], "everyone": bool} that
+    # Discord would ping, and the raw allowed_mentions sent (None when absent).
+    pings: list = field(default_factory=list)
+    allowed_mentions_history: list = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +205,43 @@ class _Fault:
     body: dict | None
 
 
+class _Bucket:
+    """Discord's rate-limit window: opened by the first request after the previous window
+    ended, it lasts `period` seconds and admits `limit` requests."""
+
+    def __init__(self, limit: int, period: float):
+        self.limit, self.period = limit, period
+        self.end, self.count = 0.0, 0
+
+    def admit(self, now: float) -> bool:
+        if now >= self.end:
+            self.end, self.count = now + self.period, 0
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def reset_after(self, now: float) -> float:
+        # Rounded up to the millisecond: a client that waits this long is never early.
+        return math.ceil(max(0.0, self.end - now) * 1000) / 1000
+
+    def headers(self, now: float) -> dict:
+        reset_after = self.reset_after(now)
+        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.limit - self.count),
+                "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+                "X-RateLimit-Reset-After": f"{reset_after:.3f}"}
+
+
+def _rate_limited(retry_after: float, is_global: bool, headers: dict | None = None) -> web.Response:
+    """A 429 discord.py waits out: it needs `Via` (else it assumes a Cloudflare ban)."""
+    hdrs = {**(headers or {}), "Retry-After": str(max(1, math.ceil(retry_after))), "Via": "1.1 google",
+            "X-RateLimit-Scope": "global" if is_global else "user"}
+    if is_global:
+        hdrs["X-RateLimit-Global"] = "true"
+    body = {"message": RATE_LIMITED_MESSAGE, "retry_after": retry_after, "global": is_global}
+    return _json_response(body, 429, hdrs)
+
+
 class _GatewaySession:
     """One websocket connection: sequence numbers and optional zlib-stream compression."""
 
@@ -168,7 +268,10 @@ class _GatewaySession:
 
 class DiscordEmulator(LocalServer):
     def __init__(self, *, heartbeat_interval_ms: int = 1000, ack_deadline: float | None = 3.0,
-                 gateway_compression: bool = False):
+                 gateway_compression: bool = False, rate_limit: tuple[int, float] | None = (5, 5.0),
+                 global_rate_limit: tuple[int, float] | None = (50, 1.0)):
+        """rate_limit: (writes, seconds) per channel for message creates and edits together;
+        global_rate_limit: (requests, seconds) over all REST requests. None turns one off."""
         super().__init__()
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.ack_deadline = ack_deadline  # interactions not answered in time get 404 10062
@@ -183,6 +286,11 @@ class DiscordEmulator(LocalServer):
         self.resume_payloads: list[dict] = []
         self.gateway_connections: list[dict] = []  # query of each websocket connect
         self._faults: list[_Fault] = []
+        self.rate_limit = rate_limit
+        self._write_buckets: dict[str, _Bucket] = {}  # channel id -> its message-write window
+        self._global_bucket = _Bucket(*global_rate_limit) if global_rate_limit else None
+        self.rate_limited: list[Request] = []  # refused by a rate limit (not injected faults)
+        self._outage: tuple[float, int] = (0.0, 503)  # (monotonic end, status)
         self._sessions: list[_GatewaySession] = []
         self._ready = asyncio.Event()
         self._build_world()
@@ -256,8 +364,24 @@ class DiscordEmulator(LocalServer):
         await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
         return thread
 
+    def dm_channel(self, user: dict) -> str:
+        """The id of the DM channel between the bot and `user`, created on first use: type 1,
+        `recipients: [user]`, no guild_id (Discord sends no CHANNEL_CREATE for it to bots)."""
+        for ch in self.channels.values():
+            if ch["type"] == 1 and ch["recipients"][0]["id"] == user["id"]:
+                return ch["id"]
+        self.users.setdefault(user["id"], user)
+        ch = {"id": self.new_id(), "type": 1, "recipients": [user], "last_message_id": None, "flags": 0}
+        self.channels[ch["id"]] = ch
+        return ch["id"]
+
+    def _guild_of(self, channel_id: str) -> str | None:
+        """The channel's guild id; None for a DM. Unknown channels count as the guild's."""
+        ch = self.channels.get(channel_id)
+        return ch.get("guild_id") if ch else self.guild_id
+
     def _guild_payload(self) -> dict:
-        text = [c for c in self.channels.values() if c["type"] != 11]
+        text = [c for c in self.channels.values() if c.get("guild_id") and c["type"] != 11]
         threads = [c for c in self.channels.values() if c["type"] == 11]
         return {
             "id": self.guild_id, "name": self.guild_name, "unavailable": False, "owner_id": self.owner["id"],
@@ -295,25 +419,66 @@ class DiscordEmulator(LocalServer):
     def fail_next(self, method: str, path_regex: str, status: int, retry_after: float | None = None,
                   times: int = 1, body: dict | None = None) -> None:
         """Answer the next `times` matching requests (method or "*", regex searched in the
-        API-relative path) with `status`. 429s carry what discord.py needs to retry."""
+        API-relative path) with `status`. 429s carry what discord.py needs to retry. Status 0
+        drops the connection without a response (the client sees a ServerDisconnectedError;
+        aiohttp itself retries an idempotent GET/PUT/DELETE once on a reused connection)."""
         self._faults.append(_Fault(method.upper(), re.compile(path_regex), status, retry_after, times, body))
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """For `seconds` from now answer every REST request with `status` (0: drop the
+        connection); the gateway and attachment downloads keep working."""
+        self._outage = (time.monotonic() + seconds, status)
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         return take_fault(self._faults, lambda f: f.method in ("*", method) and f.path_re.search(path))
 
+    def _injected(self, rec: Request) -> web.Response | object | None:
+        """An injected fault's or outage's answer (_DROPPED: no answer at all), else None."""
+        fault = self._take_fault(rec.method, rec.path)
+        if fault is not None:
+            return _DROPPED if fault.status == NETWORK_FAILURE else self._fault_response(fault, rec)
+        until, status = self._outage
+        if rec.time < until:
+            return _DROPPED if status == NETWORK_FAILURE else _error_for(status)
+        return None
+
+    def _fault_response(self, fault: _Fault, rec: Request) -> web.Response:
+        if fault.status != 429:
+            return _error_for(fault.status, fault.body)
+        retry = fault.retry_after if fault.retry_after is not None else 0.5
+        # The route's real bucket hash: a different one would make discord.py split the bucket.
+        is_write = write_channel(rec.method, rec.path) is not None
+        bucket = WRITE_BUCKET_HASH if is_write else _bucket_hash(f"{rec.method} {re.sub(r'[0-9]+', '', rec.path)}")
+        headers = {"X-RateLimit-Limit": str(self.rate_limit[0] if self.rate_limit else 5),
+                   "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": f"{time.time() + retry:.3f}",
+                   "X-RateLimit-Reset-After": f"{retry:.3f}", "X-RateLimit-Bucket": bucket}
+        response = _rate_limited(retry, False, headers)
+        if fault.body:
+            response.body = json.dumps(fault.body).encode()
+        return response
+
+    def _limit(self, rec: Request) -> tuple[web.Response | None, dict]:
+        """(a 429 if a rate limit refuses the request, else None; the headers for an
+        accepted message write). The global window is checked first, as on Discord."""
+        if self._global_bucket and not GLOBAL_EXEMPT.match(rec.path) and not self._global_bucket.admit(rec.time):
+            return _rate_limited(self._global_bucket.reset_after(rec.time), True), {}
+        cid = write_channel(rec.method, rec.path)
+        if cid is None or self.rate_limit is None:
+            return None, {}
+        bucket = self._write_buckets.setdefault(cid, _Bucket(*self.rate_limit))
+        admitted, now = bucket.admit(rec.time), time.monotonic()
+        headers = {**bucket.headers(now), "X-RateLimit-Bucket": WRITE_BUCKET_HASH}
+        if admitted:
+            return None, headers
+        return _rate_limited(bucket.reset_after(now), False, headers), {}
+
     @staticmethod
-    def _fault_response(fault: _Fault) -> web.Response:
-        if fault.status == 429:
-            # Without `Via` discord.py assumes a Cloudflare ban and raises instead of retrying.
-            retry = fault.retry_after if fault.retry_after is not None else 0.5
-            headers = {"Via": "1.1 google", "Retry-After": str(max(1, round(retry))),
-                       "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
-                       "X-RateLimit-Reset": f"{time.time() + retry:.3f}", "X-RateLimit-Reset-After": f"{retry:.3f}",
-                       "X-RateLimit-Bucket": "emu-" + secrets.token_hex(4), "X-RateLimit-Scope": "user"}
-            body = fault.body or {"message": "You are being rate limited.", "retry_after": retry, "global": False}
-            return _json_response(body, 429, headers)
-        message, code = ERROR_BODIES.get(fault.status, ("Error", 0))
-        return _json_response(fault.body or {"message": message, "code": code}, fault.status)
+    def _drop(request: web.Request) -> web.Response:
+        """Close the socket without answering. aiohttp then fails to write the returned
+        response and ignores that quietly (a raised exception would log a traceback)."""
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=503)
 
     @staticmethod
     async def _parse_body(request: web.Request) -> tuple[Any, dict, list]:
@@ -338,13 +503,26 @@ class DiscordEmulator(LocalServer):
         rec = Request(request.method, path, dict(request.query), body, form, files, time.monotonic())
         self.requests.append(rec)
         request[REC_KEY] = rec
-        fault = self._take_fault(request.method, path)
-        try:
-            response = self._fault_response(fault) if fault else await handler(request)
-        except web.HTTPException as exc:  # unknown route or method: a JSON error like Discord's
-            response = _error(exc.status, f"{exc.status}: {exc.reason}", 0)
+        response = self._injected(rec)  # before the limiter: faults do not count against it
+        if response is _DROPPED:
+            rec.status = NETWORK_FAILURE
+            return self._drop(request)
+        if response is None:
+            response, headers = self._limit(rec)
+            if response is not None:
+                self.rate_limited.append(rec)
+            else:
+                response = await self._handle(request, handler)
+                response.headers.update(headers)
         rec.status = response.status
         return response
+
+    @staticmethod
+    async def _handle(request: web.Request, handler: Callable) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # unknown route or method: a JSON error like Discord's
+            return _error(exc.status, f"{exc.status}: {exc.reason}", 0)
 
     # ---- REST routes -------------------------------------------------------------------
 
@@ -428,8 +606,7 @@ class DiscordEmulator(LocalServer):
         msg = self._find_message(request)
         if msg is None:
             return _error(404, "Unknown Message", 10008)
-        msg.deleted = True
-        await self.dispatch("MESSAGE_DELETE", {"id": msg.id, "channel_id": msg.channel_id, "guild_id": self.guild_id})
+        await self._mark_deleted(msg)
         return web.Response(status=204)
 
     async def _post_thread(self, request: web.Request) -> web.Response:
@@ -472,11 +649,14 @@ class DiscordEmulator(LocalServer):
         atts = [{"id": a["id"], "filename": a["filename"], "size": len(a["data"]),
                  "url": f"{self.http_base}/attachments/{a['id']}/{a['filename']}",
                  "proxy_url": f"{self.http_base}/attachments/{a['id']}/{a['filename']}"} for a in msg.attachments]
-        data = {"id": msg.id, "channel_id": msg.channel_id, "guild_id": msg.guild_id, "author": msg.author,
+        pinged = msg.pings[-1] if msg.pings else {"roles": [], "everyone": False}
+        data = {"id": msg.id, "channel_id": msg.channel_id, "author": msg.author,
                 "content": msg.content, "timestamp": msg.timestamp, "edited_timestamp": msg.edited_timestamp,
-                "tts": False, "mention_everyone": False, "mentions": msg.mentions, "mention_roles": [],
-                "attachments": atts, "embeds": msg.embeds, "pinned": False, "components": [],
-                "type": 19 if msg.message_reference else 0, "flags": msg.flags}
+                "tts": False, "mention_everyone": pinged["everyone"], "mentions": msg.mentions,
+                "mention_roles": pinged["roles"], "attachments": atts, "embeds": msg.embeds, "pinned": False,
+                "components": [], "type": 19 if msg.message_reference else 0, "flags": msg.flags}
+        if msg.guild_id:  # DM messages carry neither guild_id nor member
+            data["guild_id"] = msg.guild_id
         if msg.member:
             data["member"] = msg.member
         if msg.origin in ("interaction", "webhook"):
@@ -489,29 +669,55 @@ class DiscordEmulator(LocalServer):
                 data["referenced_message"] = self.payload(ref, False) if ref and not ref.deleted else None
         return data
 
-    def _mentions(self, content: str, reference: dict | None, replied_user: bool) -> list:
-        ids = re.findall(r"<@!?(\d+)>", content)
-        ref = self.messages.get(reference["message_id"]) if reference else None
-        if ref is not None and replied_user:  # a reply pings the replied-to author by default
-            ids.append(ref.author["id"])
-        users = [self.users[i] for i in dict.fromkeys(ids) if i in self.users]
-        return [{**u, "member": self._member_payload(u["id"])} for u in users]
+    def _pings(self, msg: StoredMessage, allowed: dict | None, replied_to: StoredMessage | None) -> dict:
+        """Whom Discord pings for this content: with allowed_mentions absent every user, role
+        and @everyone/@here mention; with it present only the kinds in `parse` plus the
+        mentioned ids in its `users`/`roles` lists. A reply also pings the replied-to author
+        when `replied_user` (true when allowed_mentions is absent, else default false)."""
+        in_guild = msg.guild_id is not None
+        role_ids = {r["id"] for r in self.roles} if in_guild else set()
+        users = [u for u in dict.fromkeys(USER_MENTION.findall(msg.content)) if u in self.users]
+        roles = [r for r in dict.fromkeys(ROLE_MENTION.findall(msg.content)) if r in role_ids]
+        everyone = in_guild and bool(EVERYONE_MENTION.search(msg.content))
+        if allowed is not None:
+            parse = allowed.get("parse") or []
+            if "users" not in parse:
+                users = [u for u in users if u in {str(i) for i in allowed.get("users") or []}]
+            if "roles" not in parse:
+                roles = [r for r in roles if r in {str(i) for i in allowed.get("roles") or []}]
+            everyone = everyone and "everyone" in parse
+        ping_reply = allowed is None or allowed.get("replied_user", False)
+        # Replying to one's own message pings no one.
+        if replied_to is not None and ping_reply and replied_to.author["id"] not in (msg.author["id"], *users):
+            users.append(replied_to.author["id"])
+        return {"users": users, "roles": roles, "everyone": everyone}
+
+    def _record_pings(self, msg: StoredMessage, allowed: dict | None, replied_to: StoredMessage | None = None) -> None:
+        pinged = self._pings(msg, allowed, replied_to)
+        msg.pings.append(pinged)
+        msg.allowed_mentions_history.append(allowed)
+        msg.mentions = [dict(self.users[uid]) for uid in pinged["users"]]
+        if msg.guild_id:  # in a guild each mentioned user comes with its member
+            for user in msg.mentions:
+                user["member"] = self._member_payload(user["id"])
 
     async def _create_message(self, channel_id: str, author: dict, body: dict, files: list, origin: str,
                               interaction_id: str | None = None) -> StoredMessage:
+        guild_id = self._guild_of(channel_id)
+        self.users.setdefault(author["id"], author)  # so that replies to it can mention it
         ref = body.get("message_reference")
         if ref:
-            ref = {"message_id": str(ref["message_id"]), "channel_id": str(ref.get("channel_id") or channel_id),
-                   "guild_id": self.guild_id}
-        replied_user = (body.get("allowed_mentions") or {}).get("replied_user", True)
+            ref = {"message_id": str(ref["message_id"]), "channel_id": str(ref.get("channel_id") or channel_id)}
+            if guild_id:
+                ref["guild_id"] = guild_id
         content = body.get("content") or ""
         msg = StoredMessage(
             id=self.new_id(), channel_id=channel_id, author=author, content=content, origin=origin,
-            guild_id=self.guild_id, message_reference=ref, embeds=body.get("embeds") or [],
+            guild_id=guild_id, message_reference=ref, embeds=body.get("embeds") or [],
             flags=int(body.get("flags") or 0), interaction_id=interaction_id,
             attachments=[self._attachment(n, d) for n, d in files],
-            mentions=self._mentions(content, ref, replied_user),
-            member=self._member_payload(author["id"]) if author["id"] in self.members else None)
+            member=self._member_payload(author["id"]) if guild_id and author["id"] in self.members else None)
+        self._record_pings(msg, body.get("allowed_mentions"), self.messages.get(ref["message_id"]) if ref else None)
         msg.history.append({"content": content, "time": time.monotonic()})
         self.messages[msg.id] = msg
         if not msg.flags & EPHEMERAL_FLAG:  # the bot sees its own messages too, as on Discord
@@ -529,9 +735,23 @@ class DiscordEmulator(LocalServer):
         msg.attachments += [self._attachment(n, d) for n, d in files]
         msg.flags &= ~LOADING_FLAG
         msg.edited_timestamp = _iso_now()
+        self._record_pings(msg, body.get("allowed_mentions"))
         msg.history.append({"content": msg.content, "time": time.monotonic()})
         if not msg.flags & EPHEMERAL_FLAG:
             await self.dispatch("MESSAGE_UPDATE", self.payload(msg))
+
+    async def _mark_deleted(self, msg: StoredMessage) -> None:
+        msg.deleted = True
+        if not msg.flags & EPHEMERAL_FLAG:
+            data = {"id": msg.id, "channel_id": msg.channel_id}
+            if msg.guild_id:
+                data["guild_id"] = msg.guild_id
+            await self.dispatch("MESSAGE_DELETE", data)
+
+    async def delete_message(self, message_id: str) -> None:
+        """Delete a message as a moderator would: MESSAGE_DELETE is dispatched, and later
+        edits of it get 404 Unknown Message (10008)."""
+        await self._mark_deleted(self.messages[str(message_id)])
 
     # ---- interactions ------------------------------------------------------------------
 
@@ -593,7 +813,7 @@ class DiscordEmulator(LocalServer):
         if msg is None or msg.deleted or msg.interaction_id != inter.id:
             return _error(404, "Unknown Message", 10008)
         if request.method == "DELETE":
-            msg.deleted = True
+            await self._mark_deleted(msg)
             return web.Response(status=204)
         if request.method == "PATCH":
             await self._edit_message(msg, request[REC_KEY].json or {}, request[REC_KEY].files)
@@ -665,7 +885,9 @@ class DiscordEmulator(LocalServer):
         reply to the bot mentions the bot, as on Discord. attachments: [(filename, bytes)]."""
         if mentions_bot and f"<@{self.bot_user_id}>" not in content:
             content = f"<@{self.bot_user_id}> {content}"
-        body: dict = {"content": content, "allowed_mentions": {"replied_user": ping_reply}}
+        # A user's client parses every mention; only the reply ping can be turned off.
+        body: dict = {"content": content,
+                      "allowed_mentions": {"parse": ["users", "roles", "everyone"], "replied_user": ping_reply}}
         cid = thread or channel_id or self.channel_id
         if reply_to is not None:
             ref = self.messages[str(reply_to)]
@@ -688,7 +910,10 @@ class DiscordEmulator(LocalServer):
             for opt in opts:
                 if opt["name"] == target:
                     opt["focused"] = True
+        in_guild = self._guild_of(cid) is not None
+        # Guild commands exist only in their guild; a DM sees the global ones.
         guild_cmd = next((c for c in self.commands.get(self.guild_id, []) if c["name"] == name), None)
+        guild_cmd = guild_cmd if in_guild else None
         global_cmd = next((c for c in self.commands.get(None, []) if c["name"] == name), None)
         data = {"id": (guild_cmd or global_cmd or {}).get("id") or self.new_id(), "name": name, "type": 1,
                 "options": opts}
@@ -699,12 +924,21 @@ class DiscordEmulator(LocalServer):
         payload = {
             "id": inter.id, "type": kind, "token": inter.token, "version": 1, "application_id": self.application_id,
             "attachment_size_limit": 8 * 1024 * 1024, "channel": self.channels[cid], "channel_id": cid,
-            "guild_id": self.guild_id, "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
-            "member": self._member_payload(user["id"], with_user=True) | {"user": user},
-            "data": data, "app_permissions": str(EVERYONE_PERMISSIONS), "locale": "en-US", "guild_locale": "en-US",
-            "entitlements": [], "authorizing_integration_owners": {"0": self.guild_id}, "context": 0}
+            "data": data, "app_permissions": str(EVERYONE_PERMISSIONS), "locale": "en-US", "entitlements": []}
+        payload |= self._interaction_context(user) if in_guild else self._dm_interaction_context(user)
         await self.dispatch("INTERACTION_CREATE", payload)
         return payload
+
+    def _interaction_context(self, user: dict) -> dict:
+        return {"guild_id": self.guild_id, "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+                "member": self._member_payload(user["id"], with_user=True) | {"user": user},
+                "guild_locale": "en-US", "authorizing_integration_owners": {"0": self.guild_id}, "context": 0}
+
+    @staticmethod
+    def _dm_interaction_context(user: dict) -> dict:
+        # In the bot's DM: a top-level user instead of guild and member; context 1 is BOT_DM,
+        # and a guild install is authorized there with the owner "0".
+        return {"user": user, "authorizing_integration_owners": {"0": "0"}, "context": 1}
 
     # ---- assertion helpers -------------------------------------------------------------
 
@@ -715,6 +949,17 @@ class DiscordEmulator(LocalServer):
 
     def find_requests(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.requests if r.method == method.upper() and re.search(path_regex, r.path)]
+
+    def channel_writes(self, channel_id: str, accepted_only: bool = True) -> list[Request]:
+        """Message creates and edits (REST, not interaction webhooks) sent to the channel, in
+        arrival order; accepted_only: only those answered 2xx, i.e. that wrote something."""
+        writes = [r for r in self.requests if write_channel(r.method, r.path) == str(channel_id)]
+        return [r for r in writes if 200 <= (r.status or 0) < 300] if accepted_only else writes
+
+    def max_writes_in_window(self, channel_id: str, period: float = 5.0) -> int:
+        """The most write attempts (refused and faulted ones too) to the channel that arrived
+        within any `period`-second sliding window: a client within budget keeps this <= limit."""
+        return max_in_window([r.time for r in self.channel_writes(channel_id, accepted_only=False)], period)
 
 
 # -- fixtures for the modules that test against the emulator (import them there) -------------

@@ -71,6 +71,16 @@ def take_fault(faults: list, matches: Callable[[Any], bool]) -> Any | None:
     return None
 
 
+def max_in_window(times: Iterable[float], period: float) -> int:
+    """The most of `times` (seconds) that fall within any `period`-second sliding window."""
+    ordered, best, start = sorted(times), 0, 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= period:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def assert_no_swallowed_errors(records: Iterable[logging.LogRecord], loggers: tuple[str, ...]) -> None:
     """Client libraries log (and swallow) exceptions raised in handlers: a test must see them."""
     errors = [r for r in records if r.levelno >= logging.ERROR and r.name.startswith(loggers)]

@@ -36,13 +36,21 @@ async def running_bot(config, frontend: str):
 
 async def expected_reply(config, messages: list[dict], model: str | None = None) -> str:
     """What the model says to the same conversation without a chat platform (greedy)."""
+    return (await expected_replies(config, [messages], model))[0]
+
+
+async def expected_replies(config, conversations: list[list[dict]], model: str | None = None) -> list[str]:
+    """expected_reply for several conversations, with the model loaded once."""
     app = build_app(load_settings(config))
     try:
         if model:
             app.host.set_channel_model("x", model, persist=False)
-        *history, last = messages
-        result = await app.host.chat(ChatEvent("x", "u", last["content"], history=history),
-                                     ConsoleReply(RecordingOut(), RecordingOut(), show_footer=False))
-        return result.text
+        answers = []
+        for messages in conversations:
+            *history, last = messages
+            result = await app.host.chat(ChatEvent("x", "u", last["content"], history=history),
+                                         ConsoleReply(RecordingOut(), RecordingOut(), show_footer=False))
+            answers.append(result.text)
+        return answers
     finally:
         await app.close()

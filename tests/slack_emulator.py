@@ -11,12 +11,17 @@ The emulator (aiohttp on 127.0.0.1, ephemeral port) serves:
   sends ``hello`` and then whatever ``push_socket_event`` pushes, and records the acks;
 - ``response_url`` endpoints for slash commands (``response_url_for``);
 - for HTTP mode, ``signed_request`` / ``deliver`` sign bodies the way Slack does, for a
-  bolt app served at ``/slack/events``.
+  bolt app served at ``/slack/events``; ``sign`` / ``deliver_raw`` send exact (malformed) bytes.
 
-The world is fixed: one team, the bot user, two channels and the human users that tests
-create.  Every Web API call is recorded in ``emu.requests``; every message (users' and the
-bot's) is stored in ``emu.messages`` with its edit history.  Faults (429 and others) are
-injected with ``fail_next``.
+The world is fixed: one team, the bot user, two channels, the human users that tests
+create and their DM (``im``) channels with the bot.  Every Web API call is recorded in
+``emu.requests``; every message (users' and the bot's) is stored in ``emu.messages`` with its
+edit history.  Faults (429 and others) are injected with ``fail_next``; ``outage`` answers
+every Web API call with a 5xx for a while.  Slack's rate limits are enforced
+(``DEFAULT_RATE_LIMITS``, refusals in ``emu.rate_limited``, honest ``Retry-After``).  The chat
+streaming methods (``chat.startStream`` / ``appendStream`` / ``stopStream``, Markdown in) and
+the assistant thread methods (status, suggested prompts, title) are modelled, and
+``push_assistant_thread_started`` / ``push_dm`` play a user in the app's assistant view.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +43,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from emulator_base import LocalServer, assert_no_swallowed_errors, take_fault
+from emulator_base import LocalServer, assert_no_swallowed_errors, max_in_window, take_fault
 
 
 @dataclass
@@ -63,14 +70,21 @@ class SlackMessage:
     blocks: list | None = None
     thread_ts: str | None = None
     bot_id: str | None = None
-    origin: str = "user"  # "user", "api" (chat.postMessage / file share) or "response_url"
+    # "user", "api" (chat.postMessage / file share), "response_url", "ephemeral", "stream"
+    # (chat.startStream) or "assistant_thread" (the root Slack creates for an assistant thread)
+    origin: str = "user"
     files: list = field(default_factory=list)  # file ids
     history: list = field(default_factory=list)  # [(text, blocks, time.monotonic())], creation first
     deleted: bool = False
     edited: dict | None = None
+    markdown: str = ""  # streamed messages: the Markdown received so far (also their text)
+    streaming: bool = False  # between chat.startStream and chat.stopStream
+    subtype: str | None = None
 
     def payload(self) -> dict:
         data: dict = {"type": "message", "user": self.user, "text": self.text, "ts": self.ts}
+        if self.subtype:
+            data["subtype"] = self.subtype
         if self.blocks is not None:
             data["blocks"] = self.blocks
         if self.bot_id:
@@ -127,6 +141,19 @@ class _Fault:
 EMU_TEAM_ID, EMU_APP_ID = "T0EMU0001", "A0EMU0001"
 BOT_USER_ID, BOT_ID = "U0BOT0001", "B0BOT0001"
 
+# method -> (calls, seconds): at most that many calls in any sliding window of that length.
+# Per workspace, except the methods in PER_CHANNEL_LIMITS, which count per channel.
+DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
+    "chat.update": (50, 60.0),  # Tier 3
+    "chat.startStream": (50, 60.0),
+    "chat.appendStream": (100, 60.0),  # Tier 4
+    "chat.stopStream": (50, 60.0),
+    "chat.postMessage": (5, 5.0),  # "1 per second per channel, short bursts allowed"
+}
+PER_CHANNEL_LIMITS = frozenset({"chat.postMessage"})
+STREAMING_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
+MARKDOWN_LIMIT = 12_000  # characters of markdown_text per streaming call
+
 
 def _json(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(body=json.dumps(data).encode(), status=status, headers=headers,
@@ -152,7 +179,12 @@ class SlackApiError(Exception):
 
 
 class SlackEmulator(LocalServer):
-    def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test"):
+    def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test",
+                 rate_limits: dict[str, tuple[int, float]] | None = DEFAULT_RATE_LIMITS,
+                 streaming: bool = True, streaming_error: str = "unknown_method"):
+        """rate_limits replaces DEFAULT_RATE_LIMITS entirely (None or {}: no limits);
+        streaming=False answers the chat streaming methods with `streaming_error`, as a
+        workspace without the feature would."""
         super().__init__()
         self.bot_token, self.app_token = bot_token, app_token
         self.team_id, self.app_id = EMU_TEAM_ID, EMU_APP_ID
@@ -170,6 +202,15 @@ class SlackEmulator(LocalServer):
         self.commands: dict[str, dict] = {}  # command_id -> slash command payload
         self.response_posts: dict[str, list[dict]] = {}  # command_id -> [{"json", "time"}]
         self.socket_connections: list[dict] = []  # query of each websocket connect
+        self.ims: dict[str, str] = {}  # DM channel id -> the human user it is with
+        self.rate_limits = dict(rate_limits or {})
+        self.rate_limited: list[ApiCall] = []  # calls the limiter refused (not fail_next faults)
+        self.streaming, self.streaming_error = streaming, streaming_error
+        self.statuses: dict[tuple[str, str], list[tuple[str, float]]] = {}  # (channel, thread) -> [(status, t)]
+        self.suggested_prompts: list[dict] = []
+        self.titles: dict[tuple[str, str], str] = {}  # (channel, thread) -> latest title
+        self._admitted: dict[tuple, deque[float]] = {}  # limiter key -> times of admitted calls
+        self._outage_until, self._outage_status = 0.0, 500
         self._tickets: set[str] = set()
         self._sockets: list[web.WebSocketResponse] = []
         self._connected = asyncio.Condition()
@@ -195,10 +236,19 @@ class SlackEmulator(LocalServer):
         self.users[uid] = {"id": uid, "name": name, "is_bot": False}
         return uid
 
+    def im_channel(self, user_id: str) -> str:
+        """The DM channel ("D…") between `user_id` and the bot, created on first use."""
+        for cid, uid in self.ims.items():
+            if uid == user_id:
+                return cid
+        cid = self._new_id("D")
+        self.ims[cid] = user_id
+        return cid
+
     def _channel_id(self, channel: str | None) -> str:
         if channel is None:
             raise SlackApiError("channel_not_found")
-        if channel in self.channels:
+        if channel in self.channels or channel in self.ims:
             return channel
         name = channel.lstrip("#")
         for cid, cname in self.channels.items():
@@ -248,12 +298,63 @@ class SlackEmulator(LocalServer):
         return take_fault(self._faults, lambda f: f.method in ("*", method))
 
     @staticmethod
-    def _fault_response(fault: _Fault) -> web.Response:
+    def _fault_refusal(fault: _Fault) -> tuple[int, str, dict | None]:
         if fault.status == 429:
-            return _json({"ok": False, "error": fault.error or "ratelimited"}, 429,
-                         {"Retry-After": str(fault.retry_after)})
+            return 429, fault.error or "ratelimited", {"Retry-After": str(fault.retry_after)}
         default = "internal_error" if fault.status >= 500 else "invalid_request"
-        return _json({"ok": False, "error": fault.error or default}, fault.status)
+        return fault.status, fault.error or default, None
+
+    def outage(self, seconds: float, status: int = 500) -> None:
+        """For `seconds` from now answer every Web API call with `status` (503:
+        "service_unavailable", else "internal_error"), before any handler runs.  Socket Mode
+        and response_url keep working."""
+        self._outage_until, self._outage_status = time.monotonic() + seconds, status
+
+    def _outage_refusal(self, now: float) -> tuple[int, str, None] | None:
+        if now >= self._outage_until:
+            return None
+        status = self._outage_status
+        return status, "service_unavailable" if status == 503 else "internal_error", None
+
+    # ---- rate limits ---------------------------------------------------------------------
+
+    def _call_channel(self, call: ApiCall) -> str | None:
+        channel = call.params.get("channel")
+        try:
+            return self._channel_id(channel)
+        except SlackApiError:
+            return channel if isinstance(channel, str) else None  # count unknown channels by name
+
+    def _limit_refusal(self, call: ApiCall) -> tuple[int, str, dict] | None:
+        """Slack's sliding-window limits: count the calls admitted in the last `period`
+        seconds; a call over the limit gets 429 and the whole seconds until the oldest of them
+        leaves the window, so a client that waits Retry-After gets through."""
+        limit = self.rate_limits.get(call.method)
+        if not limit:
+            return None
+        count, period = limit
+        key = (call.method, self._call_channel(call) if call.method in PER_CHANNEL_LIMITS else None)
+        window = self._admitted.setdefault(key, deque())
+        while window and call.time - window[0] >= period:
+            window.popleft()
+        if len(window) < count:
+            window.append(call.time)
+            return None
+        self.rate_limited.append(call)
+        retry_after = max(1, math.ceil(window[0] + period - call.time))
+        return 429, "ratelimited", {"Retry-After": str(retry_after)}
+
+    def max_calls_in_window(self, method: str, period: float, channel: str | None = None) -> int:
+        """The most calls of `method` (every attempt, refused ones included; only those for
+        `channel` when given) that arrived within any `period` seconds."""
+        if channel is not None:
+            try:
+                channel = self._channel_id(channel)
+            except SlackApiError:
+                pass
+        times = [r.time for r in self.requests if r.method == method
+                 and (channel is None or self._call_channel(r) == channel)]
+        return max_in_window(times, period)
 
     # ---- Web API -----------------------------------------------------------------------
 
@@ -284,11 +385,11 @@ class SlackEmulator(LocalServer):
         token = self._token(request, params)
         call = ApiCall(method, params, time.monotonic(), token=token)
         self.requests.append(call)
-        fault = self._take_fault(method)
-        if fault is not None:
-            response = self._fault_response(fault)
-            call.status, call.ok, call.error = response.status, False, fault.error or "ratelimited"
-            return response
+        refusal = self._refusal(call)
+        if refusal is not None:
+            status, error, headers = refusal
+            call.status, call.ok, call.error = status, False, error
+            return _json({"ok": False, "error": error}, status, headers)
         handler = self._handlers().get(method)
         try:
             if handler is None:
@@ -306,8 +407,25 @@ class SlackEmulator(LocalServer):
         call.status, call.ok, call.error = 200, data["ok"], data.get("error")
         return _json(data)
 
+    def _refusal(self, call: ApiCall) -> tuple[int, str, dict | None] | None:
+        """An outage, then an injected fault, then the rate limiter may answer a call before
+        its handler does; faults and outages do not count against the limits."""
+        refusal = self._outage_refusal(call.time)
+        if refusal is None:
+            fault = self._take_fault(call.method)
+            refusal = self._fault_refusal(fault) if fault is not None else self._limit_refusal(call)
+        return refusal
+
     def _handlers(self) -> dict[str, Callable]:
+        streaming = {"chat.startStream": self._start_stream, "chat.appendStream": self._append_stream,
+                     "chat.stopStream": self._stop_stream}
+        if not self.streaming:
+            streaming = dict.fromkeys(STREAMING_METHODS, self._streaming_off)
         return {
+            **streaming,
+            "assistant.threads.setStatus": self._set_status,
+            "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
+            "assistant.threads.setTitle": self._set_title,
             "auth.test": self._auth_test,
             "apps.connections.open": self._connections_open,
             "chat.postMessage": self._post_message,
@@ -352,13 +470,18 @@ class SlackEmulator(LocalServer):
         text, blocks = params.get("text") or "", _maybe_json(params.get("blocks"))
         if not text and not blocks and not params.get("attachments"):
             raise SlackApiError("no_text")
-        thread_ts = params.get("thread_ts") or None
-        if thread_ts is not None:
-            parent = self.messages.get(str(thread_ts))
-            if parent is not None and parent.thread_ts and parent.thread_ts != parent.ts:
-                thread_ts = parent.thread_ts  # a reply's ts names its thread
-        msg = self._store(cid, self.bot_user_id, text, blocks, thread_ts and str(thread_ts), "api")
+        thread_ts = self._thread_root(params.get("thread_ts"))
+        msg = self._store(cid, self.bot_user_id, text, blocks, thread_ts, "api")
+        self._clear_status(cid, thread_ts)
         return {"channel": cid, "ts": msg.ts, "message": msg.payload()}
+
+    def _thread_root(self, thread_ts: Any) -> str | None:
+        if not thread_ts:
+            return None
+        parent = self.messages.get(str(thread_ts))
+        if parent is not None and parent.thread_ts and parent.thread_ts != parent.ts:
+            return parent.thread_ts  # a reply's ts names its thread
+        return str(thread_ts)
 
     async def _update(self, params: dict) -> dict:
         msg = self._find(params)
@@ -381,6 +504,113 @@ class SlackEmulator(LocalServer):
             raise SlackApiError("cant_delete_message")
         msg.deleted = True
         return {"channel": msg.channel, "ts": msg.ts}
+
+    # ---- chat streaming (Markdown in) ----------------------------------------------------
+
+    async def _streaming_off(self, _: dict) -> dict:
+        raise SlackApiError(self.streaming_error)
+
+    @staticmethod
+    def _markdown(params: dict) -> str:
+        """`markdown_text` and the text of `markdown_text` chunks (what AsyncChatStream sends);
+        other chunk types (plans, tasks) carry no message text."""
+        text = params.get("markdown_text") or ""
+        chunks = _maybe_json(params.get("chunks")) or []
+        if not isinstance(chunks, list):
+            raise SlackApiError("invalid_arguments")
+        text += "".join(c.get("text") or "" for c in chunks
+                        if isinstance(c, dict) and c.get("type") == "markdown_text")
+        if len(text) > MARKDOWN_LIMIT:
+            raise SlackApiError("msg_too_long")
+        return text
+
+    def _streaming_message(self, params: dict) -> SlackMessage:
+        msg = self._find(params)
+        if msg.origin != "stream" or not msg.streaming:
+            raise SlackApiError("message_not_in_streaming_state")
+        return msg
+
+    def _stream_append(self, msg: SlackMessage, markdown: str) -> None:
+        msg.markdown += markdown
+        msg.text = msg.markdown
+        msg.history.append((msg.text, msg.blocks, time.monotonic()))
+
+    async def _start_stream(self, params: dict) -> dict:
+        cid = self._channel_id(params.get("channel"))
+        thread_ts = self._thread_root(params.get("thread_ts"))
+        if thread_ts is None:
+            raise SlackApiError("invalid_arguments")
+        if cid not in self.ims:  # in channels Slack must know whom the stream is for
+            if not params.get("recipient_user_id"):
+                raise SlackApiError("missing_recipient_user_id")
+            if not params.get("recipient_team_id"):
+                raise SlackApiError("missing_recipient_team_id")
+        markdown = self._markdown(params)
+        msg = self._store(cid, self.bot_user_id, markdown, None, thread_ts, "stream")
+        msg.markdown, msg.streaming = markdown, True
+        self._clear_status(cid, thread_ts)
+        return {"channel": cid, "ts": msg.ts}
+
+    async def _append_stream(self, params: dict) -> dict:
+        msg = self._streaming_message(params)
+        self._stream_append(msg, self._markdown(params))
+        return {"channel": msg.channel, "ts": msg.ts}
+
+    async def _stop_stream(self, params: dict) -> dict:
+        msg = self._streaming_message(params)
+        markdown, blocks = self._markdown(params), _maybe_json(params.get("blocks"))
+        if blocks:
+            msg.blocks = blocks  # rendered under the streamed text
+        msg.streaming = False
+        self._stream_append(msg, markdown)
+        return {"channel": msg.channel, "ts": msg.ts, "message": msg.payload()}
+
+    # ---- assistant threads -------------------------------------------------------------
+
+    def _assistant_thread(self, params: dict) -> tuple[str, str]:
+        cid = self._channel_id(params.get("channel_id"))
+        thread_ts = self._thread_root(params.get("thread_ts"))  # keyed like the posts that clear it
+        if thread_ts is None:
+            raise SlackApiError("invalid_arguments")
+        return cid, thread_ts
+
+    async def _set_status(self, params: dict) -> dict:
+        key = self._assistant_thread(params)
+        status = params.get("status")
+        if status is None:
+            raise SlackApiError("invalid_arguments")
+        self.statuses.setdefault(key, []).append((str(status), time.monotonic()))
+        return {}
+
+    def _clear_status(self, channel: str, thread_ts: str | None) -> None:
+        """Slack clears a thread's status when the app posts in it."""
+        if thread_ts and self.status_of(channel, thread_ts):
+            self.statuses[(channel, thread_ts)].append(("", time.monotonic()))
+
+    def status_of(self, channel: str, thread_ts: str) -> str:
+        """The status now shown in a thread ("" when none)."""
+        entries = self.statuses.get((channel, thread_ts))
+        return entries[-1][0] if entries else ""
+
+    async def _set_suggested_prompts(self, params: dict) -> dict:
+        cid = self._channel_id(params.get("channel_id"))
+        prompts = _maybe_json(params.get("prompts"))
+        if not isinstance(prompts, list) or not all(
+                isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts):
+            raise SlackApiError("invalid_arguments")
+        self.suggested_prompts.append({"channel_id": cid, "thread_ts": params.get("thread_ts"),
+                                       "title": params.get("title"), "prompts": prompts,
+                                       "time": time.monotonic()})
+        return {}
+
+    async def _set_title(self, params: dict) -> dict:
+        key = self._assistant_thread(params)
+        if not params.get("title"):
+            raise SlackApiError("invalid_arguments")
+        self.titles[key] = str(params["title"])
+        return {}
+
+    # ---- reading -------------------------------------------------------------------------
 
     def _visible(self, channel: str) -> list[SlackMessage]:
         return sorted((m for m in self.messages.values() if m.channel == channel and not m.deleted
@@ -606,6 +836,35 @@ class SlackEmulator(LocalServer):
         event = self.app_mention(user, text, channel, thread_ts)
         return await self.push_socket_event("events_api", self.event_callback(event)), event
 
+    def dm_event(self, msg: SlackMessage) -> dict:
+        """The ``message`` event (channel_type im, the ``message.im`` subscription) for a
+        stored DM message."""
+        return {**self.message_event(msg), "channel_type": "im"}
+
+    async def push_dm(self, user: str, text: str, thread_ts: str | None = None) -> tuple[str, dict]:
+        """`user` writes to the bot in their DM (in an assistant thread when thread_ts names
+        its root): the message is stored and its event pushed over Socket Mode; returns
+        (envelope_id, event)."""
+        msg = self.post_user_message(user, text, self.im_channel(user), thread_ts)
+        event = self.dm_event(msg)
+        return await self.push_socket_event("events_api", self.event_callback(event)), event
+
+    async def push_assistant_thread_started(self, user: str, context_channel: str | None = None
+                                            ) -> tuple[str, dict]:
+        """`user` opens the app's assistant view (from `context_channel`, if any): Slack creates
+        a thread root in their DM, authored by the bot, and sends ``assistant_thread_started``;
+        returns (envelope_id, event).  The user's messages there: ``push_dm(user, text,
+        thread_ts=event["assistant_thread"]["thread_ts"])``."""
+        im = self.im_channel(user)
+        root = self._store(im, self.bot_user_id, "New Assistant Thread", None, None, "assistant_thread")
+        root.subtype = "assistant_app_thread"
+        context = {"channel_id": context_channel and self._channel_id(context_channel),
+                   "team_id": self.team_id, "enterprise_id": None}
+        event = {"type": "assistant_thread_started",
+                 "assistant_thread": {"user_id": user, "context": context, "channel_id": im, "thread_ts": root.ts},
+                 "event_ts": self._new_ts()}
+        return await self.push_socket_event("events_api", self.event_callback(event)), event
+
     def response_url_for(self, command_id: str) -> str:
         return f"{self.http_base}/response/{command_id}"
 
@@ -616,7 +875,7 @@ class SlackEmulator(LocalServer):
         cid = self._channel_id(channel or self.channel)
         command_id = self._new_id("Cmd")
         payload = {"token": "emulated-verification-token", "team_id": self.team_id, "team_domain": "emulated",
-                   "channel_id": cid, "channel_name": self.channels[cid], "user_id": user,
+                   "channel_id": cid, "channel_name": self.channels.get(cid, "directmessage"), "user_id": user,
                    "user_name": self.users.get(user, {}).get("name", "user"), "command": command, "text": text,
                    "api_app_id": self.app_id, "is_enterprise_install": "false",
                    "response_url": self.response_url_for(command_id),
@@ -660,34 +919,53 @@ class SlackEmulator(LocalServer):
             text = body
             ctype = "application/json" if body.startswith("{") else "application/x-www-form-urlencoded"
         ts = str(int(time.time()) if timestamp is None else timestamp)
-        digest = hmac.new(secret.encode(), f"v0:{ts}:{text}".encode(), hashlib.sha256).hexdigest()
-        headers = {"Content-Type": ctype, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": "v0=" + digest}
+        headers = {"Content-Type": ctype, **SlackEmulator.sign(text.encode(), secret, ts)}
         if retry_num is not None:
             headers |= {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": retry_reason}
         return headers, text.encode()
 
+    @staticmethod
+    def sign(body: bytes, secret: str, timestamp: str) -> dict:
+        """Slack's signature headers for exactly these bytes; the timestamp is used verbatim
+        (a test may pass a stale or non-numeric one)."""
+        base = b"v0:" + timestamp.encode() + b":" + body
+        digest = hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+        return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": "v0=" + digest}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def deliver_raw(self, url: str, body: bytes, headers: dict) -> tuple[int, str]:
+        """POST exactly `body` with exactly `headers`: nothing is signed, and aiohttp adds only
+        Host and Content-Length (no default Content-Type); returns (status, response text)."""
+        given = {k.lower() for k in headers}
+        skip = [h for h in ("Content-Type", "User-Agent", "Accept", "Accept-Encoding") if h.lower() not in given]
+        async with self._client().post(url, data=body, headers=headers, skip_auto_headers=skip) as resp:
+            return resp.status, await resp.text()
+
     async def deliver(self, url: str, body: str | dict, secret: str | None, **sign_kwargs) -> tuple[int, str, float]:
         """POST `body` to an app's request URL, signed with `secret` (None: unsigned);
         returns (status, response text, seconds the app took to answer)."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
         if secret is None:
             headers, data = self.signed_request(body, "unsigned", **sign_kwargs)
             headers = {k: v for k, v in headers.items() if k not in ("X-Slack-Signature", "X-Slack-Request-Timestamp")}
         else:
             headers, data = self.signed_request(body, secret, **sign_kwargs)
         start = time.monotonic()
-        async with self._http.post(url, data=data, headers=headers) as resp:
+        async with self._client().post(url, data=data, headers=headers) as resp:
             return resp.status, await resp.text(), time.monotonic() - start
 
     # ---- assertion helpers -------------------------------------------------------------
 
     def bot_messages(self, channel: str | None = None, thread_ts: str | None = None,
                      include_ephemeral: bool = False) -> list[SlackMessage]:
-        """Messages the bot posted (chat.postMessage, file shares, in_channel responses),
-        oldest first; thread_ts selects one thread's replies."""
+        """Messages the bot posted (chat.postMessage, file shares, in_channel responses,
+        streams), oldest first; thread_ts selects one thread's replies.  Assistant thread
+        roots (Slack's, not the app's) are left out."""
         return sorted((m for m in self.messages.values() if m.user == self.bot_user_id and not m.deleted
-                       and (include_ephemeral or m.origin != "ephemeral")
+                       and m.origin != "assistant_thread" and (include_ephemeral or m.origin != "ephemeral")
                        and (channel is None or m.channel == channel)
                        and (thread_ts is None or m.thread_ts == thread_ts)), key=lambda m: float(m.ts))
 

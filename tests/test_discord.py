@@ -12,13 +12,18 @@ from pathlib import Path
 
 import pytest
 from discord_emulator import DiscordEmulator, no_swallowed_discord_errors, restore_discord_urls  # noqa: F401
-from frontend_helpers import expected_reply, frontend_config, running_bot
+from frontend_helpers import expected_replies, expected_reply, frontend_config, running_bot
 from helpers import smollm2, write_config
 
+from bot.command_table import offered
 from bot.commands import as_command
+from bot.app import stats_path
 from bot.config import load_settings
+from bot.stats import read_running_stats
 
 FOOTER = re.compile(r"(?:^|\n)-# (?P<model>\S+) · [\d.]+ tok/s · \d+ tokens.*$")
+EPHEMERAL = 64
+MANAGE_GUILD = 1 << 5
 
 
 # every test here: discord.py's URLs restored afterwards, and no exception swallowed by discord.py
@@ -152,7 +157,8 @@ def test_layers_by_slash_command_and_by_asking(tmp_path):
         async with bot_and_emulator(tmp_path) as (emu, config):
             dave = emu.user("dave")
             slash = await emu.push_interaction(dave, "layers")
-            summary = await emu.wait_for(lambda: _edited_original(emu, slash["id"]), timeout=60)
+            summary = await emu.wait_for(lambda: "LlamaForCausalLM" in (_edited_original(emu, slash["id"]) or "")
+                                         and _edited_original(emu, slash["id"]), timeout=60)
             asked = await emu.push_message(dave, "show me the layers", mentions_bot=True)
             files = await emu.wait_for(
                 lambda: [m for m in emu.bot_messages() if m.attachments and _answers(emu, m, asked["id"])], timeout=60)
@@ -222,7 +228,7 @@ def test_rate_limited_edit_is_retried_and_forbidden_send_is_survived(tmp_path, c
             answered = await answer_to(emu, first)
             emu.fail_next("POST", r"/channels/\d+/messages$", 403)
             refused = await emu.push_message(gina, "Hello?", mentions_bot=True)
-            await emu.wait_for(lambda: any("cannot reply" in r.getMessage() for r in caplog.records))
+            await emu.wait_for(lambda: any("no permission to write" in r.getMessage() for r in caplog.records))
             again = await emu.push_message(gina, "What is the capital of France?", mentions_bot=True)
             answered_again = await answer_to(emu, again)
             return answered, refused, answered_again, emu.find_requests("PATCH", r"/channels/\d+/messages/\d+")
@@ -248,19 +254,33 @@ def test_model_switch_for_admins_only(tmp_path):
                 return await switch_as_member_then_admin(emu)
 
     refusal, switched, synced = asyncio.run(run())
-    assert "Only the bot's admins" in refusal
+    assert "Only the bot's admins" in refusal.content and refusal.flags & EPHEMERAL  # to the asker only
     assert "now uses second" in switched
-    assert synced == ["model", "models", "layers", "compare", "reset", "stop", "stats", "help"]
+    table = offered(host_keeps_history=False)  # Discord's commands are the command table's
+    assert [(c["name"], c["description"]) for c in synced] == [(spec.name, spec.summary) for spec in table]
+    assert [[(o["name"], o["description"], o.get("required", False)) for o in c["options"]] for c in synced] == \
+        [sorted([(o.name, o.description, o.required) for o in spec.options], key=lambda o: not o[2]) for spec in table]
+    assert [c["name"] for c in synced] == ["model", "models", "layers", "compare", "stop", "stats", "help"]
+    permissions = {c["name"]: c.get("default_member_permissions") for c in synced}
+    assert int(permissions.pop("model")) == MANAGE_GUILD  # hidden from members who cannot manage the server
+    assert set(permissions.values()) == {None}
 
 
 async def switch_as_member_then_admin(emu):
     member = emu.user("member")
     admin = emu.user("admin", roles=[emu.admin_role_id])
     refused = await emu.push_interaction(member, "model", {"name": "second"})
-    refusal = await emu.wait_for(lambda: _edited_original(emu, refused["id"]))
+    refusal = await emu.wait_for(lambda: ephemeral_answer(emu, refused["id"]))
     allowed = await emu.push_interaction(admin, "model", {"name": "second"})
     switched = await emu.wait_for(lambda: _edited_original(emu, allowed["id"]))
-    return refusal, switched, [c["name"] for c in emu.commands[emu.guild_id]]
+    return refusal, switched, emu.commands[emu.guild_id]
+
+
+def ephemeral_answer(emu, interaction_id: str):
+    """The interaction's ephemeral message with text (a deferred private answer, or a follow-up)."""
+    found = [m for m in emu.messages.values() if m.interaction_id == interaction_id and m.flags & EPHEMERAL
+             and m.content and not m.deleted]
+    return found[-1] if found else None
 
 
 def test_its_own_and_other_bots_messages_and_unaddressed_ones_are_ignored(tmp_path):
@@ -447,10 +467,228 @@ def test_deleting_the_question_stops_its_answer(tmp_path):
                                                   "guild_id": emu.guild_id})
             stopped = await emu.wait_for(lambda: [m for m in emu.bot_messages() if _answers(emu, m, pushed["id"])
                                                   and "⚠️ stopped" in m.content], timeout=30)
+            versions = len(stopped[-1].history)  # a count, taken now: the message itself changes in place
             await asyncio.sleep(1.0)
-            return stopped, emu.bot_messages()
+            return stopped, versions, len(emu.bot_messages())
 
-    stopped, later = asyncio.run(run())
+    stopped, versions, messages = asyncio.run(run())
     assert stopped[-1].content.endswith("⚠️ stopped: the message it answered was deleted")
     assert len(FOOTER.sub("", stopped[-1].content)) < 1500  # far from 400 tokens: generation really stopped
-    assert stopped[-1].content == later[-1].content  # and nothing was edited after that
+    assert len(stopped[-1].history) == versions and messages == len(stopped)  # nothing was written after that
+
+
+# -- Discord's limits, faults and safety -----------------------------------------------------------
+
+def _answer_parts(emu, pushed_id: str) -> list:
+    return [m for m in emu.bot_messages() if _answers(emu, m, pushed_id)]
+
+
+def _non_final_gaps(message) -> list[float]:
+    """Seconds between consecutive versions of a message, the last (final) one left out."""
+    times = [version["time"] for version in message.history[:-1]]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def test_sixty_four_mentions_in_one_channel_are_all_answered_within_discords_write_limit(tmp_path):
+    """16 users, 4 mentions each, at once, in one channel under Discord's real bucket (5 writes
+    per 5 s, 429s with truthful headers): every mention gets exactly one complete answer, equal
+    to the model's, and the bot never tried more writes than the bucket allows."""
+    questions = [f"What is {n} plus {n}?" for n in range(8)]
+    model = smollm2(generation={"do_sample": False, "max_new_tokens": 12})
+
+    async def run():
+        async with DiscordEmulator() as emu:  # the default bucket: 5 writes per 5 s per channel
+            config = bot_config(tmp_path, emu, [model])
+            expected = await expected_replies(config, [[{"role": "user", "content": q}] for q in questions])
+            async with running_bot(config, "discord"):
+                await emu.wait_ready()
+                users = [emu.user(f"user{n}") for n in range(16)]
+                pushed = await asyncio.gather(*(emu.push_message(users[n % 16], questions[n % 8], mentions_bot=True)
+                                                for n in range(64)))
+                answers = [await answer_to(emu, mention, timeout=400) for mention in pushed]
+                await asyncio.sleep(1.0)
+                return emu, pushed, answers, dict(zip(questions, expected))
+
+    emu, pushed, answers, expected = asyncio.run(run())
+    assert emu.rate_limited == []  # not one write refused...
+    assert emu.max_writes_in_window(emu.channel_id, 5.0) <= 5  # ...because none went over the bucket
+    for n, (mention, parts) in enumerate(zip(pushed, answers)):
+        assert len(parts) == 1 and len(_answer_parts(emu, mention["id"])) == 1  # one answer per mention
+        assert text_of(parts) == expected[questions[n % 8]] and "⚠️" not in parts[0].content
+        assert all(gap >= 0.95 for gap in _non_final_gaps(parts[0])), parts[0].history  # edit_interval 1 s
+    assert len(emu.bot_messages()) == 64
+
+
+def test_bursts_of_429s_server_errors_and_dropped_connections_never_reach_the_answers(tmp_path):
+    """Eight answers while Discord answers writes with bursts of 429s (more than discord.py's
+    five tries), 503s and dropped connections: all eight end complete, equal to the answers
+    without faults, and no error text reaches a channel."""
+    questions = [f"Name a {thing}." for thing in ("color", "fruit", "planet", "river", "tree", "bird", "city", "tool")]
+    model = smollm2(generation={"do_sample": False, "max_new_tokens": 48})
+
+    async def run():
+        async with DiscordEmulator(rate_limit=None) as emu:
+            config = bot_config(tmp_path, emu, [model], edit_interval=0.3)
+            expected = await expected_replies(config, [[{"role": "user", "content": q}] for q in questions])
+            async with running_bot(config, "discord"):
+                await emu.wait_ready()
+                writes = r"/channels/\d+/messages"
+                emu.fail_next("POST", writes, 429, retry_after=0.1, times=7)  # discord.py gives up after 5
+                pushed = await asyncio.gather(*(emu.push_message(emu.user(f"u{n}"), q, mentions_bot=True)
+                                                for n, q in enumerate(questions)))
+                await emu.wait_for(lambda: len(emu.bot_messages()) == 8, timeout=30)
+                for _ in range(2):  # while the answers grow: their edits fail in every way
+                    emu.fail_next("PATCH", writes, 503, times=2)
+                    emu.fail_next("PATCH", writes, 0, times=2)  # the connection drops without an answer
+                    emu.fail_next("PATCH", writes, 429, retry_after=0.2, times=6)
+                    await asyncio.sleep(0.5)
+                answers = [await answer_to(emu, mention, timeout=120) for mention in pushed]
+                return emu, answers, expected
+
+    emu, answers, expected = asyncio.run(run())
+    statuses = [r.status for r in emu.requests if re.search(r"/channels/\d+/messages", r.path)]
+    assert statuses.count(429) >= 12 and 503 in statuses and 0 in statuses  # the faults really happened
+    assert [text_of(parts) for parts in answers] == expected
+    assert not any("⚠️" in m.content or "error" in m.content.lower() for m in emu.bot_messages())
+
+
+def test_model_text_and_echoed_arguments_never_ping_anyone(tmp_path):
+    """Greedy SmolLM2 repeats '<@123> @everyone' when asked; an unknown /model name (a role's
+    mention) is echoed in the error. Every message the bot writes forbids all pings in
+    allowed_mentions, so nobody is pinged."""
+    async def run():
+        async with bot_and_emulator(tmp_path) as (emu, config):
+            rita = emu.user("rita")
+            asked = await emu.push_message(rita, "Repeat exactly: <@123> <@&456> @everyone", mentions_bot=True)
+            answer = await answer_to(emu, asked)
+            echoed = await emu.push_message(rita, f"/model <@&{emu.admin_role_id}>", mentions_bot=True)
+            error = await emu.wait_for(lambda: [m for m in _answer_parts(emu, echoed["id"]) if "error" in m.content])
+            return emu, answer, error
+
+    emu, answer, error = asyncio.run(run())
+    assert "<@123> @everyone" in answer[0].content  # there was something to ping with
+    assert f"<@&{emu.admin_role_id}>" in error[0].content
+    writes = [entry for m in emu.bot_messages() for entry in m.allowed_mentions_history]
+    assert writes and all(entry is not None and entry.get("parse") == [] and not entry.get("users")
+                          and not entry.get("roles") and not entry.get("replied_user") for entry in writes)
+    assert all(ping == {"users": [], "roles": [], "everyone": False} for m in emu.bot_messages() for ping in m.pings)
+
+
+def test_slash_commands_obey_channels_and_dms_like_mentions(tmp_path):
+    models = [smollm2(), smollm2("second")]
+
+    async def run():
+        async with DiscordEmulator() as emu:
+            config = bot_config(tmp_path, emu, models, channels=[int(emu.channel_id)], allow_dms=False)
+            async with running_bot(config, "discord"):
+                await emu.wait_ready()
+                sam = emu.user("sam")
+                dm = emu.dm_channel(sam)
+                tried = [await emu.push_interaction(sam, "compare", {"prompt": "What is 2+2?"},
+                                                    channel_id=emu.other_channel_id),
+                         await emu.push_interaction(sam, "model", {"name": "second"}, channel_id=emu.other_channel_id),
+                         await emu.push_interaction(sam, "compare", {"prompt": "What is 2+2?"}, channel_id=dm),
+                         await emu.push_interaction(sam, "model", {"name": "second"}, channel_id=dm)]
+                await emu.push_message(sam, "What is 2+2?", channel_id=dm)
+                refusals = await emu.wait_for(lambda: [ephemeral_answer(emu, t["id"]) for t in tried]
+                                              if all(ephemeral_answer(emu, t["id"]) for t in tried) else None)
+                await asyncio.sleep(1.0)
+                silent = [m for m in emu.bot_messages() if not m.flags & EPHEMERAL]
+                here = await emu.push_message(sam, "What is 2+2?", mentions_bot=True)
+                parts = await answer_to(emu, here)
+                return emu, refusals, silent, parts
+
+    emu, refusals, silent, parts = asyncio.run(run())
+    assert all("don't answer here" in r.content for r in refusals)
+    assert silent == []  # nothing ran: no model output anywhere, the DM ignored
+    assert FOOTER.search(parts[-1].content).group("model") == "smollm2"  # /model second was not saved
+    assert {tuple(c["contexts"]) for c in emu.commands[None]} == {(0,)}  # not offered in DMs at all
+
+
+def test_a_dm_is_answered_where_dms_are_allowed(tmp_path):
+    async def run():
+        async with bot_and_emulator(tmp_path, allow_dms=True) as (emu, config):
+            tina = emu.user("tina")
+            dm = emu.dm_channel(tina)
+            pushed = await emu.push_message(tina, "What is the capital of France?", channel_id=dm)
+            return emu, dm, await answer_to(emu, pushed)
+
+    emu, dm, parts = asyncio.run(run())
+    assert parts[0].channel_id == dm and "Paris" in text_of(parts)
+    assert {tuple(c["contexts"]) for c in emu.commands[None]} == {(0, 1)}  # commands offered in DMs too
+
+
+def test_a_reply_deleted_while_it_streams_ends_quietly_and_frees_the_worker(tmp_path):
+    long_answers = smollm2(generation={"do_sample": False, "max_new_tokens": 400})  # ~30 s of generating
+
+    def generating(config) -> int | None:
+        """What the running bot's /stats snapshot (rewritten every 2 s) says is generating."""
+        snapshot, _ = read_running_stats(stats_path(load_settings(config)))
+        return snapshot["running"] if snapshot else None
+
+    async def run():
+        async with bot_and_emulator(tmp_path, [long_answers], edit_interval=0.3) as (emu, config):
+            uma = emu.user("uma")
+            pushed = await emu.push_message(uma, "Write a long story about a dragon and a knight.", mentions_bot=True)
+            growing = await emu.wait_for(lambda: [m for m in _answer_parts(emu, pushed["id"])
+                                                  if len(m.content) > 40], timeout=30)
+            await emu.wait_for(lambda: generating(config) == 1, timeout=10)
+            await emu.delete_message(growing[0].id)  # a moderator removes the bot's reply
+            await emu.wait_for(lambda: generating(config) == 0, timeout=10)  # far sooner than the 400 tokens
+            after = await emu.push_message(uma, "Name a color.", mentions_bot=True)
+            second = await answer_to(emu, after)
+            await asyncio.sleep(1.0)
+            return emu, growing[0], second
+
+    emu, deleted, second = asyncio.run(run())
+    assert [m for m in emu.bot_messages() if m.id != deleted.id and m not in second] == []  # no error posted
+    assert [r.status for r in emu.requests if deleted.id in r.path][-1] == 404  # nothing tried after the 404
+    assert FOOTER.search(second[-1].content)  # and the bot goes on answering
+
+
+def test_help_stats_refusals_and_errors_are_ephemeral_and_reset_is_not_offered(tmp_path):
+    async def run():
+        async with bot_and_emulator(tmp_path) as (emu, config):
+            vic = emu.user("vic")
+            sent = {name: await emu.push_interaction(vic, name) for name in ("help", "stats")}
+            sent["error"] = await emu.push_interaction(vic, "model", {"name": "no-such-model"})
+            answers = await emu.wait_for(lambda: {k: ephemeral_answer(emu, p["id"]) for k, p in sent.items()}
+                                         if all(ephemeral_answer(emu, p["id"]) for p in sent.values()) else None,
+                                         timeout=30)
+            typed = await emu.push_message(vic, "/reset", mentions_bot=True)
+            reset = await emu.wait_for(lambda: [m for m in _answer_parts(emu, typed["id"]) if m.content != "…"])
+            await asyncio.sleep(0.5)
+            public = [m for m in emu.messages.values() if m.interaction_id in {p["id"] for p in sent.values()}
+                      and not m.flags & EPHEMERAL and not m.deleted]
+            return emu, answers, reset, public
+
+    emu, answers, reset, public = asyncio.run(run())
+    assert "/compare" in answers["help"].content and "/reset" not in answers["help"].content
+    assert answers["stats"].content.startswith("```\ndevice cpu")
+    assert "no-such-model" in answers["error"].content
+    assert public == []  # nothing of these three was shown to the channel
+    assert "reset" not in [c["name"] for c in emu.commands[None]]
+    assert "Nothing to forget here" in reset[0].content
+
+
+def test_moving_from_global_to_guild_commands_leaves_no_duplicates(tmp_path):
+    async def run():
+        async with DiscordEmulator() as emu:
+            config = bot_config(tmp_path, emu)
+            async with running_bot(config, "discord"):
+                await emu.wait_ready()
+                await emu.wait_for(lambda: emu.commands.get(None))
+                global_before = [c["name"] for c in emu.commands[None]]
+            config = bot_config(tmp_path, emu, guilds=[int(emu.guild_id)])
+            async with running_bot(config, "discord"):
+                await emu.wait_for(lambda: len(emu.identify_payloads) == 2, timeout=30)
+                await emu.wait_for(lambda: emu.commands.get(emu.guild_id) and emu.commands.get(None) == [])
+            return global_before, emu.commands
+
+    global_before, commands = asyncio.run(run())
+    assert "compare" in global_before
+    assert commands[None] == [] and [c["name"] for c in commands[emu_guild(commands)]] == global_before
+
+
+def emu_guild(commands: dict) -> str:
+    return next(key for key in commands if key is not None)

@@ -1,6 +1,8 @@
 """The Slack emulator against a bare slack-bolt AsyncApp (no modelbot code)."""
 
 import asyncio
+import json
+import math
 import time
 from contextlib import asynccontextmanager
 
@@ -247,5 +249,215 @@ def test_files_upload_v2_and_errors():
             posted = await client.api_call("chat.postMessage", data={
                 "channel": emu.channel, "text": "t", "blocks": '[{"type": "divider"}]'})
             assert emu.messages[posted["ts"]].blocks == [{"type": "divider"}]
+
+    asyncio.run(scenario())
+
+
+def test_rate_limit_refuses_with_honest_retry_after_and_retry_gets_through():
+    async def scenario():
+        async with SlackEmulator(rate_limits={"chat.update": (2, 2.0)}) as emu:
+            bare, retrying = make_client(emu, rate_limit_retries=False), make_client(emu)
+            posted = await bare.chat_postMessage(channel=emu.channel, text="v0")
+            update = {"channel": emu.channel, "ts": posted["ts"]}
+            emu.fail_next("chat.update", 500)  # an injected fault neither counts nor is counted
+            with pytest.raises(SlackApiError):
+                await bare.chat_update(**update, text="faulted")
+            await bare.chat_update(**update, text="v1")
+            await asyncio.sleep(0.5)
+            await bare.chat_update(**update, text="v2")
+            with pytest.raises(SlackApiError) as err:
+                await bare.chat_update(**update, text="refused")
+            assert err.value.response.status_code == 429 and err.value.response["error"] == "ratelimited"
+            first_ok, refused = emu.find_requests("chat.update")[1], emu.rate_limited[-1]
+            # the whole seconds until the oldest admitted call leaves the window (here 2.0 - ~0.5)
+            remaining = first_ok.time + 2.0 - refused.time
+            assert err.value.response.headers["Retry-After"] == str(math.ceil(remaining)) == "2"
+            assert (refused.status, refused.error) == (429, "ratelimited")
+            assert [h[0] for h in emu.messages[posted["ts"]].history] == ["v0", "v1", "v2"]  # never reached
+
+            # AsyncRateLimitErrorRetryHandler waits Retry-After and then gets through
+            await retrying.chat_update(**update, text="v3")
+            assert emu.messages[posted["ts"]].text == "v3"
+            assert len(emu.rate_limited) == 2 and emu.rate_limited[0] is refused
+            # attempts within ~0.5 s: faulted, v1, v2 and the two refused (v3 came 2 s later)
+            assert emu.max_calls_in_window("chat.update", 2.0) == 5
+            assert emu.max_calls_in_window("chat.update", 0.3) == 3  # v2 and the two refused
+
+    asyncio.run(scenario())
+
+
+def test_post_message_is_limited_per_channel_and_outage_recovers():
+    async def scenario():
+        async with SlackEmulator() as emu:  # the defaults: chat.postMessage 5 per 5 s per channel
+            client = make_client(emu, rate_limit_retries=False)
+            for i in range(5):
+                await client.chat_postMessage(channel=emu.channel, text=f"m{i}")
+            with pytest.raises(SlackApiError) as err:
+                await client.chat_postMessage(channel=emu.channel, text="one too many")
+            assert err.value.response.status_code == 429
+            assert int(err.value.response.headers["Retry-After"]) == 5
+            await client.chat_postMessage(channel=emu.other_channel, text="elsewhere")  # another bucket
+            assert emu.max_calls_in_window("chat.postMessage", 5.0, channel=emu.channel) == 6
+            assert emu.max_calls_in_window("chat.postMessage", 5.0, channel="#random") == 1
+
+            emu.outage(0.3)
+            with pytest.raises(SlackApiError) as err:
+                await client.auth_test()
+            assert (err.value.response.status_code, err.value.response["error"]) == (500, "internal_error")
+            emu.outage(0.3, status=503)
+            with pytest.raises(SlackApiError) as err:
+                await client.chat_postMessage(channel=emu.other_channel, text="down")
+            assert (err.value.response.status_code, err.value.response["error"]) == (503, "service_unavailable")
+            assert (emu.requests[-1].status, emu.requests[-1].error) == (503, "service_unavailable")
+            assert len(emu.bot_messages(emu.other_channel)) == 1 and len(emu.rate_limited) == 1
+            await asyncio.sleep(0.35)
+            assert (await client.auth_test())["ok"]
+
+    asyncio.run(scenario())
+
+
+def test_chat_stream_helper_and_streaming_errors():
+    async def scenario():
+        async with SlackEmulator() as emu:
+            client = make_client(emu, rate_limit_retries=False)
+            alice = emu.user("alice")
+            question = emu.post_user_message(alice, "explain", mention=True)
+            stream = await client.chat_stream(channel=emu.channel, thread_ts=question.ts, buffer_size=1,
+                                              recipient_user_id=alice, recipient_team_id=emu.team_id)
+            await stream.append(markdown_text="**hello ")
+            (msg,) = emu.bot_messages(thread_ts=question.ts)
+            assert (msg.origin, msg.streaming, msg.markdown) == ("stream", True, "**hello ")
+            await stream.append(markdown_text="world**")
+            await stream.stop()
+            assert [r.method for r in emu.requests] == ["chat.startStream", "chat.appendStream", "chat.stopStream"]
+            assert (msg.text, msg.markdown, msg.streaming) == ("**hello world**", "**hello world**", False)
+            assert [h[0] for h in msg.history] == ["**hello ", "**hello world**", "**hello world**"]
+            thread = await client.conversations_replies(channel=emu.channel, ts=question.ts)
+            assert [m["text"] for m in thread["messages"]][1:] == ["**hello world**"]
+
+            async def error_of(call, **kwargs):
+                with pytest.raises(SlackApiError) as err:
+                    await call(**kwargs)
+                return err.value.response["error"]
+
+            start = {"channel": emu.channel, "thread_ts": question.ts}
+            assert await error_of(client.chat_stopStream, channel=emu.channel, ts=msg.ts) == \
+                "message_not_in_streaming_state"
+            assert await error_of(client.chat_appendStream, channel=emu.channel, ts="1.000001",
+                                  markdown_text="x") == "message_not_found"
+            assert await error_of(client.chat_startStream, **start, markdown_text="x") == "missing_recipient_user_id"
+            assert await error_of(client.chat_startStream, **start, markdown_text="x",
+                                  recipient_user_id=alice) == "missing_recipient_team_id"
+            assert await error_of(client.chat_startStream, **start, markdown_text="x" * 12_001,
+                                  recipient_user_id=alice, recipient_team_id=emu.team_id) == "msg_too_long"
+            # in a DM no recipient is needed; markdown_text directly, blocks at the stop
+            im = emu.im_channel(alice)
+            dm_question = emu.post_user_message(alice, "hi", channel=im)
+            started = await client.chat_startStream(channel=im, thread_ts=dm_question.ts, markdown_text="a")
+            await client.chat_stopStream(channel=im, ts=started["ts"], markdown_text="b",
+                                         blocks=[{"type": "divider"}])
+            dm = emu.messages[started["ts"]]
+            assert (dm.text, dm.blocks, dm.streaming) == ("ab", [{"type": "divider"}], False)
+
+        async with SlackEmulator(streaming=False) as emu:
+            client = make_client(emu, rate_limit_retries=False)
+            assert await error_of(client.chat_startStream, channel=emu.channel, thread_ts="1.1",
+                                  markdown_text="x") == "unknown_method"
+
+    asyncio.run(scenario())
+
+
+def test_assistant_thread_status_prompts_and_dms():
+    async def scenario():
+        async with SlackEmulator() as emu:
+            app = AsyncApp(client=make_client(emu), signing_secret=SECRET)
+            seen: list[dict] = []
+
+            @app.event("assistant_thread_started")
+            async def started(event, client):
+                thread = event["assistant_thread"]
+                await client.assistant_threads_setSuggestedPrompts(
+                    channel_id=thread["channel_id"], thread_ts=thread["thread_ts"],
+                    prompts=[{"title": "Hi", "message": "Say hi"}])
+
+            @app.event("message")
+            async def message(event, client):
+                seen.append(event)
+                thread = event.get("thread_ts") or event["ts"]
+                await client.assistant_threads_setStatus(channel_id=event["channel"], thread_ts=thread,
+                                                         status="is thinking...")
+                await client.chat_postMessage(channel=event["channel"], thread_ts=thread, text="hello")
+
+            bob = emu.user("bob")
+            im = emu.im_channel(bob)
+            assert emu.im_channel(bob) == im and im.startswith("D")
+            async with socket_mode(emu, app):
+                # a plain DM reaches the message listener as channel_type im
+                eid, event = await emu.push_dm(bob, "psst")
+                await emu.wait_for(lambda: emu.bot_messages(im))
+                assert seen[0]["channel_type"] == "im" and seen[0]["channel"] == im and eid in emu.acks
+                # the status was shown, then cleared by the answer in the thread
+                assert [s for s, _ in emu.statuses[(im, event["ts"])]] == ["is thinking...", ""]
+                assert emu.status_of(im, event["ts"]) == ""
+
+                # the assistant view: a thread root by the bot, then the user's message in it
+                _, opened = await emu.push_assistant_thread_started(bob, context_channel=emu.channel)
+                thread = opened["assistant_thread"]
+                assert (thread["channel_id"], thread["context"]["channel_id"]) == (im, emu.channel)
+                assert emu.messages[thread["thread_ts"]].subtype == "assistant_app_thread"
+                prompts = await emu.wait_for(lambda: emu.suggested_prompts)
+                assert prompts[0]["thread_ts"] == thread["thread_ts"] and prompts[0]["channel_id"] == im
+                await emu.push_dm(bob, "a question", thread_ts=thread["thread_ts"])
+                answer = await emu.wait_for(lambda: emu.bot_messages(im, thread_ts=thread["thread_ts"]))
+                assert seen[1]["thread_ts"] == thread["thread_ts"] and answer[0].text == "hello"
+
+            # an IM channel works with postMessage, replies and history like any other
+            client = make_client(emu)
+            replies = await client.conversations_replies(channel=im, ts=thread["thread_ts"])
+            assert [m["text"] for m in replies["messages"]] == ["New Assistant Thread", "a question", "hello"]
+            assert replies["messages"][0]["subtype"] == "assistant_app_thread"
+            await client.chat_postMessage(channel=im, text="top level")
+            history = await client.conversations_history(channel=im)
+            assert history["messages"][0]["text"] == "top level"
+            await client.assistant_threads_setTitle(channel_id=im, thread_ts=thread["thread_ts"], title="Q")
+            assert emu.titles[(im, thread["thread_ts"])] == "Q"
+
+    asyncio.run(scenario())
+
+
+def test_deliver_raw_sends_exact_bytes_and_sign_matches_bolt():
+    async def scenario():
+        received: list[tuple[bytes, dict]] = []
+
+        async def capture(request: web.Request) -> web.Response:
+            received.append((await request.read(), dict(request.headers)))
+            return web.Response(text="seen")
+
+        capture_app = web.Application()
+        capture_app.router.add_post("/raw", capture)
+        runner = web.AppRunner(capture_app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            async with SlackEmulator() as emu:
+                body = b'{"type": "event_callback", "event": {'  # truncated JSON
+                headers = {"X-Custom": "1", **emu.sign(body, SECRET, "not-a-number")}
+                url = f"http://127.0.0.1:{runner.addresses[0][1]}/raw"
+                assert await emu.deliver_raw(url, body, headers) == (200, "seen")
+                raw, got = received[0]
+                assert raw == body and got["X-Slack-Request-Timestamp"] == "not-a-number"
+                assert got["X-Slack-Signature"] == headers["X-Slack-Signature"]
+                assert "Content-Type" not in got and "User-Agent" not in got
+
+                # sign() over the raw bytes is what bolt verifies
+                app = make_app(emu)
+                async with http_mode(app) as events_url:
+                    event = json.dumps(emu.event_callback(emu.app_mention(emu.user("al"), "raw"))).encode()
+                    signed = {"Content-Type": "application/json", **emu.sign(event, SECRET, str(int(time.time())))}
+                    assert (await emu.deliver_raw(events_url, event, signed))[0] == 200
+                    await emu.wait_for(lambda: emu.bot_messages() and emu.bot_messages()[0].text == "pong!")
+        finally:
+            await runner.cleanup()
 
     asyncio.run(scenario())

@@ -11,7 +11,8 @@ from helpers import RecordingOut, cli, cli_env, smollm2, write_config
 from bot.app import build_app, stats_path
 from bot.config import load_settings
 from bot.frontends.console import ConsoleReply
-from bot.host import ChatEvent, ordinal
+from bot.host import ChatEvent
+from bot.text import ordinal
 
 
 def test_stats_command_shows_models_memory_queue_and_speed(tmp_path):

@@ -7,12 +7,15 @@ stdout carries only the conversation (useful when piping).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from bot.host import ChatEvent, Host, ordinal
+from bot.frontends.intake import Intake, Question
+from bot.host import Host
+from bot.text import ordinal
 
 CHANNEL = "console"
 
@@ -77,14 +80,27 @@ class ConsoleReply:
     def stream(self, header: str = "") -> ConsoleStream:
         return ConsoleStream(self.out, header, self.show_footer, self.show_errors, self.err)
 
+    # what the intake needs: a terminal has no placeholder to post and nothing left open
+    async def start(self) -> bool:
+        return True
+
+    async def close(self, stopped: str | None = None) -> None:
+        if stopped:
+            self.err.write(f"… {stopped}\n")
+            self.err.flush()
+
+    def abandon(self) -> None:
+        pass
+
 
 async def run_console(host: Host, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
     """Read lines until EOF or /quit; each line is a message in the console channel."""
     interactive = stdin.isatty()
     reply = ConsoleReply(out, err)
+    intake = Intake(host, frontend="console", model_switch="everyone")
     model = host.channel_model(CHANNEL).name
     err.write(f"modelbot console — model {model}. /help for commands, /quit or Ctrl-D to leave.\n")
-    while True:
+    for number in itertools.count():
         if interactive:
             out.write("you> ")
             out.flush()
@@ -96,4 +112,5 @@ async def run_console(host: Host, stdin: TextIO = sys.stdin, out: TextIO = sys.s
             break
         if not text:
             continue
-        await host.handle(ChatEvent(channel=CHANNEL, user="console", text=text), reply)
+        await intake.answer(Question(key=number, channel=CHANNEL, user="console", text=text,
+                                     host_keeps_history=True), reply)

@@ -1,31 +1,45 @@
-"""The Discord frontend (discord.py): mentions, reply chains, threads, slash commands.
+"""The Discord frontend (discord.py): mentions, reply chains, threads, DMs, slash commands.
 
 A mention gets a placeholder reply at once, which then grows by throttled edits
-(bot/streaming.py) and continues in follow-up replies past 2000 characters. A conversation
-is the reply chain: replying to the bot's answer continues it. Slash commands defer within
-Discord's 3 s and answer through the interaction's webhook, falling back to plain channel
-messages once the 15-minute interaction token has expired. Everything else (models,
-commands, errors) is the host's, shared with the other frontends.
+(bot/streaming.py) and continues in follow-up replies past 2000 characters. Every write in
+a channel takes a slot of that channel's budget (Discord allows 5 message writes per 5 s
+per channel) and of the bot-wide one, so many answers at once stay inside Discord's limits;
+a 429, 5xx or network error is waited out and retried, never shown as the answer. Model text
+never pings anyone (allowed_mentions: none). A conversation is the reply chain: replying to
+the bot's answer continues it. Slash commands, built from bot/command_table.py, defer within
+Discord's 3 s and answer through the interaction's webhook (ephemerally for /help, /stats,
+refusals and errors), falling back to channel messages once the 15-minute token expired.
+The steps from question to answer are the shared intake's (bot/frontends/intake.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Optional
 
-from bot.frontends.discord_settings import DiscordSettings
-from bot.commands import as_command, model_switch_refusal
+from bot.command_table import CommandSpec, offered
+from bot.commands import as_command
+from bot.frontends.discord_settings import DiscordSettings, check_ready, parse_discord_settings
+from bot.frontends.intake import Intake, Places, Question
 from bot.frontends.message_reply import MessageReplyBase
-from bot.host import ChatEvent, Host
+from bot.frontends.registry import FrontendType
+from bot.host import Host
+from bot.reply import ReplyGone
+from bot.streaming import TransientWriteError, deliver
+from bot.write_budget import FINAL, KeyedWindows, WriteBudget, WriteWindow
 
 log = logging.getLogger(__name__)
 
 CHAIN_LIMIT = 50  # messages walked back along a reply chain
 TOKEN_LIFETIME = 14 * 60  # an interaction token lasts 15 minutes; switch to channel messages before
+BOT_WRITES_PER_SECOND = 45  # Discord's global limit is 50 requests a second; leave room for the rest
+SHUTDOWN_TIMEOUT = 10.0
+NOT_HERE = "I don't answer here. Ask me in one of the channels I am set up for."
 _FOOTER_LINE = re.compile(r"\n?-# [^\n]*$")
 
 
@@ -44,6 +58,30 @@ def point_discord_py_at(settings: DiscordSettings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
 
 
+async def platform_write(call, where: str):
+    """A Discord write, with what Discord answered turned into what bot/streaming.py retries
+    (rate limits, server and network errors) or ends quietly (the message was deleted)."""
+    import aiohttp
+    import discord
+
+    try:
+        return await call()
+    except discord.NotFound as exc:
+        raise ReplyGone(f"{where}: {exc.text or 'not found'}") from exc
+    except discord.Forbidden as exc:
+        log.error("discord: no permission to write in %s (%s); check the bot's Send Messages permission there",
+                  where, exc.text)
+        raise
+    except discord.RateLimited as exc:
+        raise TransientWriteError("rate limited", exc.retry_after) from exc
+    except discord.HTTPException as exc:
+        if exc.status == 429 or exc.status >= 500:
+            raise TransientWriteError(f"HTTP {exc.status} {exc.text}".strip()) from exc
+        raise
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise TransientWriteError(f"{type(exc).__name__}: {exc}") from exc
+
+
 class DiscordFrontend:
     def __init__(self, host: Host, settings: DiscordSettings):
         import discord
@@ -53,6 +91,10 @@ class DiscordFrontend:
         self.settings = settings
         point_discord_py_at(settings)
         _quiet_voice_warning()
+        self.places = Places(frozenset(str(c) for c in settings.channels), settings.allow_dms)
+        self.intake = Intake(host, frontend="discord", model_switch=settings.model_switch)
+        self._channel_writes = KeyedWindows(settings.writes_per_channel, settings.write_window, "discord channel")
+        self._bot_writes = WriteWindow(BOT_WRITES_PER_SECOND, 1.0, "discord bot-wide")
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: enable it in the developer portal (README)
         frontend = self
@@ -65,72 +107,56 @@ class DiscordFrontend:
                 await frontend.on_message(message)
 
             async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-                frontend.on_prompt_deleted(payload.message_id)
+                frontend.intake.stop(payload.message_id)
 
             async def on_ready(self) -> None:
                 log.info("discord: logged in as %s (%s)", self.user, self.user.id if self.user else "?")
 
-        self.client = Client(intents=intents, chunk_guilds_at_startup=False, guild_ready_timeout=0.5)
-        self.tree = app_commands.CommandTree(self.client)
+        # no model text (nor an echoed argument) ever pings anyone; a reply does not ping the asker
+        self.client = Client(intents=intents, chunk_guilds_at_startup=False, guild_ready_timeout=0.5,
+                             allowed_mentions=discord.AllowedMentions.none())
+        self.tree = app_commands.CommandTree(
+            self.client, allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=settings.allow_dms),
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=False))
         self._register_commands()
-        self._answering: dict[int, asyncio.Task] = {}  # question message id -> the task answering it
 
     async def run(self) -> None:
         await self.client.start(self.settings.token)
 
     async def close(self) -> None:
+        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # each answer says so before the connection goes
         await self.client.close()
+
+    def budget(self, channel_id: Any) -> WriteBudget:
+        """The writes of one channel: its bucket and the bot-wide one."""
+        return WriteBudget([self._channel_writes(str(channel_id)), self._bot_writes])
 
     # -- messages ---------------------------------------------------------------------------------
     async def on_message(self, message: Any) -> None:
         me = self.client.user
         if me is None or message.author.id == me.id or message.author.bot:
             return  # never answer itself or other bots (loops)
-        if not await self._addressed(message):
+        if not self._allowed_place(message.channel, message.guild is None) or not await self._addressed(message):
             return
-        text = as_command(self._without_mention(message.content))
-        reply = MessageReply(message, self.settings)
-        if not await reply.start():
-            return  # no permission to post here: logged, nothing else to do
-        self._answering[message.id] = asyncio.current_task()
-        try:
-            refusal = self._refuse_model_switch(message.author, text)
-            if refusal:
-                await reply.send(refusal)
-                return
-            history = [] if text.startswith("/") else await self._history(message)
-            event = ChatEvent(channel=str(message.channel.id), user=str(message.author.id), text=text,
-                              history=history)
-            await self.host.handle(event, reply)
-        except asyncio.CancelledError:
-            # the question was deleted: the host's run_model has cancelled the worker job on its way out
-            await reply.close(stopped="stopped: the message it answered was deleted")
-            return
-        finally:
-            self._answering.pop(message.id, None)
-        await reply.close()
+        question = Question(key=message.id, channel=str(message.channel.id), user=str(message.author.id),
+                            text=as_command(self._without_mention(message.content)),
+                            is_admin=self._is_admin(message.author), read_history=lambda: self._history(message))
+        await self.intake.answer(question, MessageReply(message, self.settings, self.budget(message.channel.id)))
 
-    def on_prompt_deleted(self, message_id: int) -> None:
-        """A deleted question needs no answer: stop generating it (and free its batch slot)."""
-        task = self._answering.get(message_id)
-        if task is not None:
-            task.cancel()
+    def _allowed_place(self, channel: Any, dm: bool) -> bool:
+        parent = getattr(channel, "parent_id", None)
+        return self.places.allows(str(channel.id), parent=str(parent) if parent else None, dm=dm)
 
     async def _addressed(self, message: Any) -> bool:
-        """Mentioned, replied to, in a thread the bot owns, or a DM if allowed; and in an allowed channel."""
+        """A DM, a mention, a reply to the bot, or in a thread the bot owns."""
         import discord
 
         if message.guild is None:
-            return self.settings.allow_dms
-        channel = message.channel
-        if self.settings.channels:
-            parent = getattr(channel, "parent_id", None)
-            if channel.id not in self.settings.channels and parent not in self.settings.channels:
-                return False
+            return True
         me = self.client.user
         if any(user.id == me.id for user in message.mentions):
             return True
-        if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
+        if isinstance(message.channel, discord.Thread) and message.channel.owner_id == me.id:
             return True
         referenced = await self._referenced(message)
         return referenced is not None and referenced.author.id == me.id
@@ -174,15 +200,14 @@ class DiscordFrontend:
                 turns.insert(0, {"role": role, "content": content})
         return [turn for turn in turns if turn["content"].strip()]
 
-    def _refuse_model_switch(self, author: Any, text: str) -> str | None:
-        return model_switch_refusal(text, self.settings.model_switch, self._is_admin(author))
-
     def _is_admin(self, author: Any) -> bool:
         ids = {author.id, *(role.id for role in getattr(author, "roles", []))}
         return bool(ids & self.settings.admins)
 
     # -- slash commands ---------------------------------------------------------------------------
     def _register_commands(self) -> None:
+        """Discord's application commands, from the command table (no /reset: a conversation
+        here is a reply chain, which the bot cannot forget)."""
         import discord
         from discord import app_commands
 
@@ -191,54 +216,48 @@ class DiscordFrontend:
         async def complete_model(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
-        @self.tree.command(name="model", description="Show or switch this channel's model")
-        @app_commands.describe(name="the model to use in this channel")
-        @app_commands.autocomplete(name=complete_model)
-        async def model(interaction: discord.Interaction, name: str | None = None) -> None:
-            await self._run_command(interaction, f"/model {name}" if name else "/model")
+        for spec in offered(host_keeps_history=False):
+            command = app_commands.Command(name=spec.name, description=spec.summary,
+                                           callback=self._command_callback(spec))
+            for option in spec.options:
+                if option.model_name:
+                    command.autocomplete(option.name)(complete_model)
+            if spec.switches_model and self.settings.model_switch == "admins":
+                # hidden from members without Manage Server; a server can grant it per role
+                command.default_permissions = discord.Permissions(manage_guild=True)
+            self.tree.add_command(command)
 
-        @self.tree.command(name="models", description="The configured models")
-        async def models(interaction: discord.Interaction) -> None:
-            await self._run_command(interaction, "/models")
-
-        @self.tree.command(name="layers", description="A model's layers, 4-bit layers and memory footprint")
-        @app_commands.describe(name="the model (default: this channel's)")
-        @app_commands.autocomplete(name=complete_model)
-        async def layers(interaction: discord.Interaction, name: str | None = None) -> None:
-            await self._run_command(interaction, f"/layers {name}" if name else "/layers")
-
-        @self.tree.command(name="compare", description="Run a prompt through several models")
-        @app_commands.describe(prompt="what to ask", models="comma-separated model names (default: all)")
-        async def compare(interaction: discord.Interaction, prompt: str, models: str | None = None) -> None:
-            await self._run_command(interaction, f"/compare --models {models} {prompt}" if models else f"/compare {prompt}")
-
-        for name, text, about in (("reset", "/reset", "Forget this channel's conversation"),
-                                  ("stop", "/stop", "Stop the reply being generated here"),
-                                  ("stats", "/stats", "Loaded models, memory, queue and speed"),
-                                  ("help", "/help", "What the bot can do")):
-            self.tree.command(name=name, description=about)(self._fixed_command(text))
-
-    def _fixed_command(self, text: str):
+    def _command_callback(self, spec: CommandSpec):
+        """A callback whose signature carries the spec's options: discord.py reads the options'
+        names, types and descriptions from it."""
         import discord
 
-        async def command(interaction: discord.Interaction) -> None:
-            await self._run_command(interaction, text)
+        async def callback(interaction: discord.Interaction, **values: str | None) -> None:
+            await self._run_command(interaction, spec, spec.as_text(values))
 
-        return command
+        parameters = [inspect.Parameter("interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        annotation=discord.Interaction)]
+        parameters += [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY,
+                                         default=inspect.Parameter.empty if option.required else None,
+                                         annotation=str if option.required else Optional[str])
+                       for option in spec.options]
+        callback.__signature__ = inspect.Signature(parameters)
+        callback.__discord_app_commands_param_description__ = {o.name: o.description for o in spec.options}
+        return callback
 
-    async def _run_command(self, interaction: Any, text: str) -> None:
-        reply = InteractionReply(interaction, self.settings)
-        await reply.start()  # deferred within Discord's 3 s
-        try:
-            refusal = self._refuse_model_switch(interaction.user, text)
-            if refusal:
-                await reply.send(refusal)
-                return
-            event = ChatEvent(channel=str(interaction.channel_id), user=str(interaction.user.id), text=text,
-                              history=[])
-            await self.host.handle(event, reply)
-        finally:
-            await reply.close()
+    async def _run_command(self, interaction: Any, spec: CommandSpec, text: str) -> None:
+        import discord
+
+        if not self._allowed_place(interaction.channel, interaction.guild_id is None):
+            try:  # the same places as mentions: nothing runs here
+                await interaction.response.send_message(NOT_HERE, ephemeral=True)
+            except discord.HTTPException as exc:
+                log.warning("discord: could not refuse /%s in %s: %s", spec.name, interaction.channel_id, exc)
+            return
+        reply = InteractionReply(interaction, self.settings, self.budget(interaction.channel_id), spec.private)
+        question = Question(key=("interaction", interaction.id), channel=str(interaction.channel_id),
+                            user=str(interaction.user.id), text=text, is_admin=self._is_admin(interaction.user))
+        await self.intake.answer(question, reply)
 
     async def _sync_commands(self) -> None:
         import discord
@@ -249,6 +268,9 @@ class DiscordFrontend:
                     guild = discord.Object(id=guild_id)
                     self.tree.copy_global_to(guild=guild)
                     await self.tree.sync(guild=guild)
+                # guild commands only: global ones left from an earlier setup would show twice
+                self.tree.clear_commands(guild=None)
+                await self.tree.sync()
             else:
                 await self.tree.sync()  # global commands can take a while to appear in clients
         except discord.HTTPException as exc:
@@ -258,106 +280,136 @@ class DiscordFrontend:
 class _DiscordReply(MessageReplyBase):
     """Discord's edits; the posting is the subclass's (a reply, or an interaction's webhook)."""
 
-    def __init__(self, settings: DiscordSettings):
-        super().__init__(settings.message_limit, settings.edit_interval)
+    def __init__(self, settings: DiscordSettings, budget: WriteBudget, where: str):
+        super().__init__(settings.message_limit, settings.edit_interval, post_budget=budget, edit_budget=budget,
+                         name=f"discord reply in {where}")
         self.settings = settings
+        self.where = where
 
     async def _edit(self, message: Any, text: str) -> Any:
-        import discord
-
-        try:
-            await message.edit(content=text)
-        except discord.Forbidden:
-            log.error("discord: no permission to edit message %s in channel %s", message.id, message.channel.id)
+        await platform_write(lambda: message.edit(content=text), self.where)
         return None
+
+    async def _deliver(self, call) -> Any:
+        return await deliver(lambda: platform_write(call, self.where), budget=self.post_budget, priority=FINAL,
+                             retry=self.retry, what=self.name)
 
 
 class MessageReply(_DiscordReply):
     """Replies to a mention: a placeholder first, answers as replies to the user's message."""
 
-    def __init__(self, message: Any, settings: DiscordSettings):
-        super().__init__(settings)
+    def __init__(self, message: Any, settings: DiscordSettings, budget: WriteBudget):
+        super().__init__(settings, budget, f"channel {message.channel.id}")
         self.message = message
-
-    async def start(self) -> bool:
-        try:
-            await self._start_placeholder()
-        except Exception as exc:  # noqa: BLE001 - discord.Forbidden and friends: log where, and stop
-            log.error("discord: cannot reply in channel %s (%s: %s); check the bot's Send Messages permission",
-                      self.message.channel.id, type(exc).__name__, exc)
-            return False
-        return True
 
     async def send_file(self, filename: str, content: str, caption: str = "") -> None:
         import discord
 
-        data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
+        def upload():  # a discord.File is read once: a retry needs a new one
+            data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
+            return self.message.channel.send(content=caption or None, file=data, reference=self._reference(None),
+                                             mention_author=False)
+
         try:
-            await self.message.channel.send(content=caption or None, file=data, reference=self.message,
-                                            mention_author=False)
+            await self._deliver(upload)
         except discord.Forbidden:
-            log.error("discord: no permission to attach files in channel %s", self.message.channel.id)
             await self.send("I am not allowed to attach files here (Attach Files permission).")
 
+    def _reference(self, previous: Any) -> Any:
+        # each part replies to the one before, so that the reply chain holds the whole answer;
+        # a question deleted meanwhile leaves the answer standing on its own
+        return (previous or self.message).to_reference(fail_if_not_exists=False)
+
     async def _post(self, text: str, previous: Any) -> Any:
-        # each part replies to the one before, so that the reply chain holds the whole answer
-        return await (previous or self.message).reply(text, mention_author=False)
+        return await platform_write(lambda: self.message.channel.send(
+            text, reference=self._reference(previous), mention_author=False), self.where)
 
 
 class InteractionReply(_DiscordReply):
     """Answers to a slash command: the deferred response first, then follow-ups; after the
-    token's 15 minutes, plain channel messages."""
+    token's 15 minutes, plain channel messages. Private commands (/help, /stats) answer
+    ephemerally, and so do refusals and errors of the others."""
 
-    def __init__(self, interaction: Any, settings: DiscordSettings):
-        super().__init__(settings)
+    def __init__(self, interaction: Any, settings: DiscordSettings, budget: WriteBudget, private: bool):
+        super().__init__(settings, budget, f"channel {interaction.channel_id}")
         self.interaction = interaction
+        self.private = private
         self._deferred_at = 0.0
         self._used_original = False
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
         import discord
 
         self._deferred_at = time.monotonic()
         try:
-            await self.interaction.response.defer(thinking=True)
+            await self.interaction.response.defer(thinking=True, ephemeral=self.private)
         except discord.HTTPException as exc:  # too late (3 s) or gone: answer in the channel instead
             log.warning("discord: could not acknowledge /%s in time (%s); answering in the channel",
                         getattr(self.interaction.command, "name", "?"), exc)
             self._deferred_at = -float("inf")
+        self._first = self._new_stream()  # shows progress in the deferred response; not posted before
+        return True
 
     def _expired(self) -> bool:
         return time.monotonic() - self._deferred_at > TOKEN_LIFETIME
 
+    async def notice(self, text: str) -> None:
+        if self.private or self._expired():
+            await self.send(text)  # already ephemeral (or no token left to be private with)
+            return
+        if not self._used_original:  # the public "is thinking…" would stay: take it away
+            self._used_original = True
+            if self._first is not None:
+                self._first.abandon()
+                self._first = None
+            await self._deliver(self.interaction.delete_original_response)
+        await self._deliver(lambda: self.interaction.followup.send(text, ephemeral=True))
+
     async def send_file(self, filename: str, content: str, caption: str = "") -> None:
         import discord
 
-        data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
-        if self._expired():
-            await self.interaction.channel.send(content=caption or None, file=data)
-        elif not self._used_original:
-            self._used_original = True
-            await self.interaction.edit_original_response(content=caption or None, attachments=[data])
-        else:
-            await self.interaction.followup.send(content=caption or discord.utils.MISSING, file=data)
+        def upload():
+            data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
+            if self._expired():
+                return self.interaction.channel.send(content=caption or None, file=data)
+            if not self._used_original:
+                self._used_original = True
+                return self.interaction.edit_original_response(content=caption or None, attachments=[data])
+            return self.interaction.followup.send(content=caption or discord.utils.MISSING, file=data,
+                                                  ephemeral=self.private)
+
+        await self._deliver(upload)
 
     async def _post(self, text: str, previous: Any) -> Any:
         if self._expired():
-            return await self.interaction.channel.send(text)
+            return await platform_write(lambda: self.interaction.channel.send(text), self.where)
         if not self._used_original:
+            message = await self._through_token(lambda: self.interaction.edit_original_response(content=text))
             self._used_original = True
-            return await self.interaction.edit_original_response(content=text)
-        return await self.interaction.followup.send(text, wait=True)
+            return message
+        return await self._through_token(lambda: self.interaction.followup.send(text, wait=True,
+                                                                               ephemeral=self.private))
 
     async def _edit(self, message: Any, text: str) -> Any:
         import discord
 
         if self._expired() and isinstance(message, (discord.InteractionMessage, discord.WebhookMessage)):
-            return await self.interaction.channel.send(text)  # the token is gone: it can no longer be edited
+            # the token is gone: it can no longer be edited, the rest goes in the channel
+            return await platform_write(lambda: self.interaction.channel.send(text), self.where)
+        return await self._through_token(lambda: message.edit(content=text))
+
+    async def _through_token(self, call) -> Any:
+        """A write with the interaction's token; a token Discord no longer accepts (401) sends
+        this and the rest of the answer to the channel instead."""
+        import discord
+
         try:
-            await message.edit(content=text)
-        except discord.NotFound:
-            return await self.interaction.channel.send(text)
-        return None
+            return await platform_write(call, self.where)
+        except discord.HTTPException as exc:
+            if exc.status != 401:
+                raise
+            self._deferred_at = -float("inf")
+            raise TransientWriteError("the interaction token expired", retry_after=0) from exc
 
     async def close(self, stopped: str | None = None) -> None:
         import discord
@@ -366,6 +418,10 @@ class InteractionReply(_DiscordReply):
         if not self._used_original and not self._expired():  # do not leave "is thinking…" forever
             self._used_original = True
             try:
-                await self.interaction.edit_original_response(content="Done.")
-            except discord.HTTPException as exc:
+                await self._deliver(lambda: self.interaction.edit_original_response(content="Done."))
+            except (discord.HTTPException, ReplyGone, TransientWriteError) as exc:
                 log.warning("discord: could not close interaction %s: %s", self.interaction.id, exc)
+
+
+FRONTEND = FrontendType("discord", parse_settings=parse_discord_settings, check_ready=check_ready,
+                        create=DiscordFrontend)

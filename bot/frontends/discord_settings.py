@@ -26,11 +26,15 @@ class DiscordSettings:
     allow_dms: bool = False
     edit_interval: float = 1.0  # seconds between edits of a streamed reply
     message_limit: int = 2000  # Discord's; lower only to test splitting
+    # Discord's per-channel bucket for message writes (create and edit): every answer in a
+    # channel shares it, so that many answers at once never run into 429s
+    writes_per_channel: int = 5
+    write_window: float = 5.0
 
 
 def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
     known = {"enabled", "token", "api_base", "gateway_url", "guilds", "channels", "admins", "model_switch",
-             "allow_dms", "edit_interval", "message_limit"}
+             "allow_dms", "edit_interval", "message_limit", "writes_per_channel", "write_window"}
     raw = read_section("discord", section, _ENV_OVERRIDES, known)
     settings = DiscordSettings(
         enabled=flag(raw.get("enabled", False)),
@@ -41,11 +45,22 @@ def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
         channels=_ids(raw.get("channels"), "channels"),
         admins=frozenset(_ids(raw.get("admins"), "admins")),
         model_switch=model_switch(raw, "discord"),
-        allow_dms=bool(raw.get("allow_dms", False)),
+        allow_dms=flag(raw.get("allow_dms", False)),
         edit_interval=seconds(raw, "discord", "edit_interval", 1.0),
         message_limit=whole_number(raw, "discord", "message_limit", 2000, 100, 2000),
+        writes_per_channel=whole_number(raw, "discord", "writes_per_channel", 5, 1, 1000),
+        write_window=seconds(raw, "discord", "write_window", 5.0),
     )
+    if settings.write_window <= 0:
+        raise ConfigError("discord.write_window: must be a number of seconds > 0")
     return settings
+
+
+def check_ready(settings: DiscordSettings) -> None:
+    """What `modelbot run discord` needs beyond the section, said before anything connects."""
+    if not settings.token:
+        raise ConfigError("discord.token: empty; set DISCORD_TOKEN in the environment (the bot's token from the "
+                          "Discord developer portal)")
 
 
 def _ids(value: Any, key: str) -> tuple[int, ...]:

@@ -3,6 +3,7 @@ the file, unknown keys are errors, and every error names its key."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -35,8 +36,8 @@ def model_switch(raw: dict[str, Any], name: str) -> str:
 
 def seconds(raw: dict[str, Any], name: str, key: str, default: float) -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{name}.{key}: must be a number of seconds >= 0 (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"{name}.{key}: must be a number of seconds >= 0 (got {value!r})")  # nan/inf too
     return float(value)
 
 

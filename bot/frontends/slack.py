@@ -1,12 +1,15 @@
-"""The Slack frontend (slack-bolt): mentions answered in threads, thread follow-ups, slash commands.
+"""The Slack frontend (slack-bolt): mentions answered in threads, thread follow-ups, direct
+messages and the assistant view, slash commands.
 
-A mention gets a placeholder in a thread under it at once, which grows by `chat.update`
-(bot/streaming.py, at most one edit per 1.5 s) and continues in new thread messages past
-3500 characters. A conversation is the thread: later messages there continue it without a
-mention, with the thread (`conversations.replies`) as history. Slash commands are acked at
-once and answered in the channel. Markdown from the model is converted to Slack's mrkdwn.
-Socket Mode (the default) needs no public URL; HTTP mode serves Bolt's request URL on a port.
-Everything else (models, commands, errors) is the host's, shared with the other frontends.
+A mention is answered in a thread under it (bot/frontends/slack_reply.py: Slack's chat
+streaming where the workspace has it, else a placeholder grown by chat.update). A
+conversation is the thread: later messages there continue it without a mention, with the
+thread (`conversations.replies`) as history. Direct messages need no mention; the assistant
+view offers suggested prompts. Slash commands, built from bot/command_table.py, are acked at
+once and answered in the channel; /help, /stats, refusals and errors only to the asker.
+Socket Mode (the default) needs no public URL; HTTP mode serves Bolt's request URL on a port
+behind bot/frontends/slack_http.py's checks. The steps from question to answer are the
+shared intake's (bot/frontends/intake.py).
 """
 
 from __future__ import annotations
@@ -14,32 +17,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-from bot.commands import as_command, model_switch_refusal
-from bot.frontends.message_reply import MessageReplyBase
-from bot.frontends.mrkdwn import ends_in_code, from_slack, to_mrkdwn
-from bot.frontends.slack_settings import SlackSettings
-from bot.host import ChatEvent, Host
-from bot.streaming import StreamedMessage
+from bot.command_table import BY_NAME, offered
+from bot.commands import as_command
+from bot.frontends.intake import Intake, Places, Question
+from bot.frontends.mrkdwn import from_slack
+from bot.frontends.registry import FrontendType
+from bot.frontends.slack_reply import (
+    CommandReply, PrivateReply, SlackBudgets, ThreadReply, Workspace, respond_privately,
+)
+from bot.frontends.slack_settings import SlackSettings, check_credentials, parse_slack_settings
+from bot.host import Host
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("model", "models", "layers", "compare", "stop", "stats", "help")
+COMMANDS = tuple(spec.name for spec in offered(host_keeps_history=False))
 # "/model" or, where a workspace already has one, a renamed "/mb-model" in the manifest
 _COMMAND = re.compile(rf"^/(?:[\w-]+-)?(?P<name>{'|'.join(COMMANDS)})$")
 _FOOTER_LINE = re.compile(r"\n?_[^\n]* tok/s · [^\n]*_$")
 _NOT_SAID = ("…", "queued:", "⚠️", "error:")  # placeholders and errors: not what the model said
 THREAD_LIMIT = 1000  # messages read from a thread for history (trimmed by tokens afterwards)
-_REMEMBERED = 10_000  # handled messages and known threads kept for de-duplication
-
-
-def slack_footer(footer: str) -> str:
-    """Slack has no small print in message text: the context line is in italics."""
-    return f"\n_{footer}_"
+_REMEMBERED = 10_000  # handled messages, commands and known threads kept for de-duplication
+SHUTDOWN_TIMEOUT = 10.0
+NOT_HERE = "I am not set up to answer in this channel."
+SUGGESTED_PROMPTS = [
+    {"title": "Ask a question", "message": "What is 4-bit NF4 quantization, in two sentences?"},
+    {"title": "Which models are there?", "message": "/models"},
+    {"title": "Show the model's layers", "message": "show me the layers"},
+]
 
 
 def web_client(settings: SlackSettings):
@@ -71,29 +78,6 @@ class _Recent:
         return key in self._items
 
 
-class EditBudget:
-    """chat.update is rate limited per workspace (Tier 3, about 50 a minute), not per message:
-    the more answers grow at once, the less often each one is edited, so that ten people
-    asking together do not run into 429s. Final edits are never held back."""
-
-    def __init__(self, interval: float, per_minute: int):
-        self.base = interval
-        self.per_minute = per_minute
-        self._streams: weakref.WeakSet[StreamedMessage] = weakref.WeakSet()
-
-    def add(self, stream: StreamedMessage) -> None:
-        self._streams.add(stream)
-        self.spread()
-
-    def spread(self) -> float:
-        """Share the budget among the answers still growing; returns the interval each gets."""
-        growing = [stream for stream in self._streams if not stream.ended]
-        interval = max(self.base, len(growing) * 60 / self.per_minute)
-        for stream in growing:
-            stream.interval = interval
-        return interval
-
-
 class SlackFrontend:
     def __init__(self, host: Host, settings: SlackSettings):
         from slack_bolt.async_app import AsyncApp
@@ -103,13 +87,14 @@ class SlackFrontend:
         self.client = web_client(settings)
         self.app = AsyncApp(client=self.client, signing_secret=settings.signing_secret or None,
                             request_verification_enabled=settings.mode == "http")
+        self.workspace = Workspace(self.client, settings, SlackBudgets(settings))
+        self.places = Places(frozenset(settings.channels), settings.allow_dms)
+        self.intake = Intake(host, frontend="slack", model_switch=settings.model_switch)
         self.bot_user_id = ""
         self.bot_id = ""
-        self._handled = _Recent()  # (channel, ts) of messages answered: retries and double events
+        self._handled = _Recent()  # (channel, ts) of messages answered, and commands: retries and replays
         self._threads = _Recent()  # (channel, thread_ts) -> whether the bot took part in it
-        self._answering: dict[tuple[str, str], asyncio.Task] = {}  # question -> the task answering it
         self._stopped = asyncio.Event()
-        self.edits = EditBudget(settings.edit_interval, settings.edits_per_minute)
         self._socket = None
         self._runner = None
         self.port = 0  # HTTP mode, once serving
@@ -135,7 +120,9 @@ class SlackFrontend:
         else:
             from aiohttp import web
 
-            self._runner = web.AppRunner(self.app.web_app(path=self.settings.path, port=self.settings.port))
+            from bot.frontends.slack_http import guarded_web_app
+
+            self._runner = web.AppRunner(guarded_web_app(self.app, self.settings))
             await self._runner.setup()
             await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
             self.port = self._runner.addresses[0][1]  # the one bound, where the setting is 0
@@ -144,12 +131,8 @@ class SlackFrontend:
         await self._stopped.wait()
 
     async def close(self) -> None:
+        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # each answer says so before the connection goes
         self._stopped.set()
-        answering = list(self._answering.values())
-        for task in answering:
-            task.cancel()  # each says so in its thread before the connection goes
-        if answering:
-            await asyncio.wait(answering, timeout=5)
         if self._socket is not None:
             await self._socket.close_async()
         if self._runner is not None:
@@ -165,6 +148,7 @@ class SlackFrontend:
             raise RuntimeError(f"slack: the bot token was refused ({exc.response.get('error')}); "
                                "check SLACK_BOT_TOKEN (OAuth & Permissions → Bot User OAuth Token)") from None
         self.bot_user_id, self.bot_id = auth["user_id"], auth.get("bot_id") or ""
+        self.workspace.team_id = auth.get("team_id") or ""
 
     def _register(self) -> None:
         @self.app.event("app_mention")
@@ -178,9 +162,17 @@ class SlackFrontend:
             elif event.get("subtype") in (None, "thread_broadcast", "file_share"):
                 await self.on_message(event, mentioned=False)
 
+        @self.app.event("assistant_thread_started")
+        async def assistant_thread_started(event: dict) -> None:
+            await self.on_assistant_thread(event.get("assistant_thread") or {})
+
+        @self.app.event("assistant_thread_context_changed")
+        async def assistant_context_changed() -> None:
+            pass  # the context (which channel the user looks at) does not change the answers
+
         @self.app.command(_COMMAND)
         async def command(ack, command: dict, respond) -> None:
-            await ack()  # within Slack's 3 s; the answer follows in the channel
+            await ack()  # within Slack's 3 s; the answer follows
             await self.on_command(command, respond)
 
     # -- messages ---------------------------------------------------------------------------------
@@ -188,46 +180,44 @@ class SlackFrontend:
         channel, ts, user = event.get("channel", ""), event.get("ts", ""), event.get("user")
         if not user or user == self.bot_user_id or event.get("bot_id"):
             return  # never answer itself or other bots (loops)
-        if self.settings.channels and channel not in self.settings.channels:
+        dm = event.get("channel_type") == "im" or channel.startswith("D")
+        if not self.places.allows(channel, dm=dm):
             return
         mark = f"<@{self.bot_user_id}>"
-        if not mentioned and mark in event.get("text", ""):
+        if not mentioned and not dm and mark in event.get("text", ""):
             return  # the app_mention event for this message answers it
         thread_ts = event.get("thread_ts") or ts
-        if not mentioned and (thread_ts == ts or not await self._took_part(channel, thread_ts)):
+        if not mentioned and not dm and (thread_ts == ts or not await self._took_part(channel, thread_ts)):
             return  # unaddressed: neither a mention nor in a thread the bot answered in
         if (channel, ts) in self._handled:
             return  # a Slack retry (X-Slack-Retry-Num) of a message already answered
         self._handled.put((channel, ts))
         self._threads.put((channel, thread_ts), True)
-        text = as_command(from_slack(event.get("text", ""), drop_user=self.bot_user_id))
-        reply = SlackReply(self.client, channel, thread_ts, self.settings, self.edits)
-        if not await reply.start():
-            return
-        self._answering[(channel, ts)] = asyncio.current_task()
-        try:
-            refusal = self._refuse_model_switch(user, text)
-            if refusal:
-                await reply.send(refusal)
-                return
-            in_thread = thread_ts != ts
-            history = await self._thread_history(channel, thread_ts, ts) if in_thread and not text.startswith("/") else []
-            await self.host.handle(ChatEvent(channel=channel, user=user, text=text, history=history), reply)
-        except asyncio.CancelledError:
-            # the question was deleted, or the bot stops: the host has cancelled the worker job
-            why = "the bot is shutting down" if self._stopped.is_set() else "the message it answered was deleted"
-            await reply.close(stopped=f"stopped: {why}")
-            return
-        finally:
-            self._answering.pop((channel, ts), None)
-        await reply.close()
+        in_thread = thread_ts != ts
+        question = Question(
+            key=(channel, ts), channel=channel, user=user,
+            text=as_command(from_slack(event.get("text", ""), drop_user=self.bot_user_id)),
+            is_admin=user in self.settings.admins,
+            read_history=(lambda: self._thread_history(channel, thread_ts, ts)) if in_thread else None)
+        await self.intake.answer(question, ThreadReply(self.workspace, channel, thread_ts, user, dm))
 
     def on_deleted(self, event: dict) -> None:
         """A deleted question needs no answer: stop generating it (and free its batch slot)."""
         ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
-        task = self._answering.get((event.get("channel", ""), ts))
-        if task is not None:
-            task.cancel()
+        self.intake.stop((event.get("channel", ""), ts))
+
+    async def on_assistant_thread(self, thread: dict) -> None:
+        """The user opened the assistant view: offer a few things to ask."""
+        channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
+        if not channel or not thread_ts or not self.places.allows(channel, dm=True):
+            return
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            await self.client.assistant_threads_setSuggestedPrompts(
+                channel_id=channel, thread_ts=thread_ts, title="Ask an open-weights model", prompts=SUGGESTED_PROMPTS)
+        except SlackApiError as exc:
+            log.info("slack: no suggested prompts in %s (%s)", channel, exc.response.get("error"))
 
     async def _took_part(self, channel: str, thread_ts: str) -> bool:
         """Whether the bot has a message in the thread (remembered, else asked once)."""
@@ -261,6 +251,8 @@ class SlackFrontend:
             if float(message.get("ts", 0)) >= float(before_ts):
                 continue
             if self._is_mine(message):
+                if message.get("subtype"):
+                    continue  # an assistant thread's opening, not something the model said
                 content = _FOOTER_LINE.sub("", message.get("text", ""))
                 if content.startswith(_NOT_SAID):
                     continue
@@ -279,31 +271,26 @@ class SlackFrontend:
     def _is_mine(self, message: dict) -> bool:
         return message.get("user") == self.bot_user_id or (bool(self.bot_id) and message.get("bot_id") == self.bot_id)
 
-    def _refuse_model_switch(self, user: str, text: str) -> str | None:
-        return model_switch_refusal(text, self.settings.model_switch, user in self.settings.admins)
-
     # -- slash commands ---------------------------------------------------------------------------
     async def on_command(self, command: dict, respond) -> None:
         channel, user = command.get("channel_id", ""), command.get("user_id", "")
-        name = _COMMAND.match(command.get("command", "")).group("name")
-        args = (command.get("text") or "").strip()
-        text = f"/{name} {args}".strip()
-        if self.settings.channels and channel not in self.settings.channels:
-            await respond(text="I am not set up to answer in this channel.", response_type="ephemeral")
+        replay = command.get("trigger_id") or (channel, user, command.get("command"), command.get("text"))
+        if ("command", replay) in self._handled:
+            return  # the same signed request delivered again: answered once
+        self._handled.put(("command", replay))
+        spec = BY_NAME[_COMMAND.match(command.get("command", "")).group("name")]
+        text = f"/{spec.name} {(command.get('text') or '').strip()}".strip()
+        dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
+        if not self.places.allows(channel, dm=dm):
+            await respond_privately(respond, NOT_HERE)
             return
-        reply = CommandReply(self.client, channel, f"<@{user}> `{_shorten(text)}`", self.settings, self.edits)
-        if not await reply.start():
-            await respond(text="I cannot post in this channel: add me first (`/invite @modelbot`), then try again.",
-                          response_type="ephemeral")
-            return
-        try:
-            refusal = self._refuse_model_switch(user, text)
-            if refusal:
-                await reply.send(refusal)
-                return
-            await self.host.handle(ChatEvent(channel=channel, user=user, text=text, history=[]), reply)
-        finally:
-            await reply.close()
+        if spec.private:
+            reply = PrivateReply(respond)
+        else:
+            reply = CommandReply(self.workspace, channel, f"<@{user}> `{_shorten(text)}`", respond)
+        question = Question(key=("command", replay), channel=channel, user=user, text=text,
+                            is_admin=user in self.settings.admins)
+        await self.intake.answer(question, reply)
 
 
 def join_parts(first: str, second: str) -> str:
@@ -319,99 +306,5 @@ def _shorten(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@dataclass
-class PostedMessage:
-    """A message the bot posted: where it is, and the Markdown it shows (before conversion)."""
-
-    channel: str
-    ts: str
-    markdown: str
-    opens_in_code: bool  # continues a code block that the previous part left open
-    prefix: str = ""  # shown above the converted text (a command's invocation line)
-
-    def render(self) -> str:
-        body = to_mrkdwn(self.markdown, self.opens_in_code)
-        return f"{self.prefix}\n{body}" if self.prefix else body
-
-
-class SlackReply(MessageReplyBase):
-    """Answers in one thread of a channel (a mention's), converted to mrkdwn; chat.update edits."""
-
-    def __init__(self, client: Any, channel: str, thread_ts: str | None, settings: SlackSettings,
-                 edits: EditBudget):
-        super().__init__(settings.message_limit, settings.edit_interval, footer_format=slack_footer)
-        self.client = client
-        self.channel = channel
-        self.thread_ts = thread_ts
-        self.edits = edits
-
-    def _new_stream(self) -> StreamedMessage:
-        stream = super()._new_stream()
-        self.edits.add(stream)
-        return stream
-
-    async def start(self) -> bool:
-        from slack_sdk.errors import SlackApiError
-
-        try:
-            await self._start_placeholder()
-        except SlackApiError as exc:
-            log.error("slack: cannot post in channel %s (%s); invite the app to the channel, and check its "
-                      "chat:write scope", self.channel, exc.response.get("error"))
-            return False
-        return True
-
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
-        from slack_sdk.errors import SlackApiError
-
-        try:
-            await self.client.files_upload_v2(channel=self.channel, thread_ts=self.thread_ts, content=content,
-                                              filename=filename, title=filename, initial_comment=caption or None)
-        except SlackApiError as exc:  # e.g. no files:write scope: the same text as a snippet instead
-            log.warning("slack: file upload refused in %s (%s); sending it as text", self.channel,
-                        exc.response.get("error"))
-            await self.send(f"{caption}\n```\n{content}\n```" if caption else f"```\n{content}\n```")
-
-    def _new_message(self, text: str, previous: PostedMessage | None) -> PostedMessage:
-        opens = previous is not None and ends_in_code(previous.markdown, previous.opens_in_code)
-        return PostedMessage(self.channel, "", text, opens)
-
-    async def _post(self, text: str, previous: PostedMessage | None) -> PostedMessage:
-        message = self._new_message(text, previous)
-        posted = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
-                                                    text=message.render(), unfurl_links=False, unfurl_media=False)
-        message.ts = posted["ts"]
-        return message
-
-    async def _edit(self, message: PostedMessage, text: str) -> PostedMessage | None:
-        from slack_sdk.errors import SlackApiError
-
-        message.markdown = text
-        self.edits.spread()  # answers that ended since leave their share to the others
-        try:
-            await self.client.chat_update(channel=message.channel, ts=message.ts, text=message.render())
-        except SlackApiError as exc:
-            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
-                return await self._post(text, None)  # deleted under us: the rest goes in a new message
-            # one lost edit is not worth failing the answer: the next edit carries the whole text again
-            log.warning("slack: chat.update failed in %s (%s)", message.channel, exc.response.get("error"))
-        return None
-
-
-class CommandReply(SlackReply):
-    """Answers to a slash command: the first message in the channel, under the invocation line
-    ("@user `/compare …`"); whatever follows (a second model, a file) in its thread."""
-
-    def __init__(self, client: Any, channel: str, invocation: str, settings: SlackSettings, edits: EditBudget):
-        super().__init__(client, channel, None, settings, edits)
-        self.invocation = invocation
-
-    async def _post(self, text: str, previous: PostedMessage | None) -> PostedMessage:
-        if self.thread_ts is not None:
-            return await super()._post(text, previous)
-        message = self._new_message(text, previous)
-        message.prefix = self.invocation
-        posted = await self.client.chat_postMessage(channel=self.channel, text=message.render(),
-                                                    unfurl_links=False, unfurl_media=False)
-        message.ts = self.thread_ts = posted["ts"]  # the anchor of everything else
-        return message
+FRONTEND = FrontendType("slack", parse_settings=parse_slack_settings, check_ready=check_credentials,
+                        create=SlackFrontend)

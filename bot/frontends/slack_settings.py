@@ -13,7 +13,7 @@ _ENV_OVERRIDES = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN"
                   "signing_secret": "SLACK_SIGNING_SECRET", "api_base": "SLACK_API_BASE", "port": "SLACK_PORT"}
 _KNOWN = {"enabled", "mode", "bot_token", "app_token", "signing_secret", "api_base", "host", "port", "path",
           "channels", "admins", "model_switch", "edit_interval", "message_limit", "rate_limit_retries",
-          "edits_per_minute"}
+          "edits_per_minute", "allow_dms", "streaming", "stream_starts_per_minute", "stream_appends_per_minute"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class SlackSettings:
     message_limit: int = 3500  # a streamed message continues in a new one past this
     rate_limit_retries: int = 5  # 429s waited out (Retry-After) before giving up
     edits_per_minute: int = 50  # chat.update budget shared by every growing answer (Tier 3: 50+/min)
+    allow_dms: bool = True  # answer direct messages and the assistant view
+    streaming: bool = True  # chat.startStream/appendStream/stopStream where the workspace has them (auto)
+    stream_starts_per_minute: int = 50  # chat.startStream and chat.stopStream, each
+    stream_appends_per_minute: int = 100  # chat.appendStream (Tier 4)
 
 
 def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
@@ -60,7 +64,18 @@ def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
         message_limit=whole_number(raw, "slack", "message_limit", 3500, 100, 3900),
         rate_limit_retries=whole_number(raw, "slack", "rate_limit_retries", 5, 0, 100),
         edits_per_minute=whole_number(raw, "slack", "edits_per_minute", 50, 1, 6000),
+        allow_dms=flag(raw.get("allow_dms", True)),
+        streaming=_streaming(raw.get("streaming", "auto")),
+        stream_starts_per_minute=whole_number(raw, "slack", "stream_starts_per_minute", 50, 1, 6000),
+        stream_appends_per_minute=whole_number(raw, "slack", "stream_appends_per_minute", 100, 1, 6000),
     )
+
+
+def _streaming(value) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("auto", "off", "true", "false"):
+        raise ConfigError(f"slack.streaming: must be auto or off (got {value!r})")
+    return text in ("auto", "true")
 
 
 def check_credentials(settings: SlackSettings) -> None:
