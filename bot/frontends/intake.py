@@ -97,6 +97,7 @@ class Intake:
             log.info("%s: the answer to %s ended: %s", self.frontend, question.key, exc)
         finally:
             self._answering.pop(question.key, None)
+            self._stop_reasons.pop(question.key, None)  # a stop that came as the answer ended
         await _close(reply)
 
     async def _handle(self, question: Question, reply: ChatReply) -> None:

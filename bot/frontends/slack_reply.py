@@ -21,7 +21,7 @@ from bot.frontends.mrkdwn import ends_in_code, to_mrkdwn
 from bot.frontends.slack_settings import SlackSettings
 from bot.reply import ReplyGone
 from bot.streaming import MessageTooLong, StreamedMessage, TransientWriteError, deliver
-from bot.write_budget import FINAL, FIRST_POST, UPDATE, KeyedWindows, WriteBudget, WriteWindow
+from bot.write_budget import FINAL, FIRST_POST, UNLIMITED, UPDATE, KeyedWindows, WriteBudget, WriteWindow
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,6 @@ class PostedMessage:
     opens_in_code: bool  # continues a code block that the previous part left open
     prefix: str = ""  # shown above the converted text (a command's invocation line)
     streaming: bool = False  # an open chat stream: it grows by appends and ends with a stop
-    fence_opened: bool = False  # a stream that reopened the previous part's code block
 
     def render(self) -> str:
         body = to_mrkdwn(self.markdown, self.opens_in_code)
@@ -270,15 +269,15 @@ class ThreadReply(SlackReply):
 
     def _nested(self, budget: WriteBudget, priority: int):
         """A fallback call inside a streaming answer takes its own method's slot as well."""
-        return budget.slot(priority) if self.streams else WriteBudget().slot()
+        return budget.slot(priority) if self.streams else UNLIMITED.slot()
 
     async def _start_stream(self, text: str, previous: PostedMessage | None) -> PostedMessage:
         from slack_sdk.errors import SlackApiError
 
         message = self._new_message(text, previous)
-        message.streaming, message.fence_opened = True, message.opens_in_code
+        message.streaming = True
         recipient = {} if self.dm else {"recipient_user_id": self.asker, "recipient_team_id": self.workspace.team_id}
-        opening = "```\n" if message.fence_opened else ""  # the previous part closed a code block; reopen it
+        opening = "```\n" if message.opens_in_code else ""  # the previous part closed a code block; reopen it
         try:
             started = await slack_write(lambda: self.client.chat_startStream(
                 channel=self.channel, thread_ts=self.thread_ts, markdown_text=opening + text, **recipient),
@@ -363,7 +362,6 @@ class PrivateReply:
 
     def __init__(self, respond):
         self.respond = respond
-        self._parts: list[str] = []
 
     async def start(self) -> bool:
         return True
