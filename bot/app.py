@@ -1,4 +1,4 @@
-"""Wiring: settings -> plugins, catalog, store, worker and host, and their orderly shutdown."""
+"""Wiring: settings -> plugins, catalog, store, engines and host, and their orderly shutdown."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 from bot.catalog import ModelCatalog
 from bot.config import Settings
+from bot.engines import EngineContext
+from bot.engines.router import Engines
 from bot.host import Host
 from bot.plugins import BackendRegistry, load_plugins
 from bot.store import Store
-from bot.worker import Worker
 
 
 @dataclass
@@ -19,11 +20,16 @@ class App:
     registry: BackendRegistry
     catalog: ModelCatalog
     store: Store
-    worker: Worker
+    engines: Engines
     host: Host
 
+    @property
+    def worker(self):
+        """The in-process (local) engine, where one serves a configured model; None otherwise."""
+        return self.engines.of_kind("local")
+
     async def close(self) -> None:
-        await self.worker.close()
+        await self.engines.close()
         self.store.close()
 
 
@@ -33,10 +39,9 @@ def stats_path(settings: Settings) -> Path:
 
 
 def build_app(settings: Settings, registry: BackendRegistry | None = None) -> App:
-    """Must be called with an event loop running (the worker hands tokens to it)."""
+    """Must be called with an event loop running (engines hand tokens to it)."""
     registry = registry or load_plugins()
     catalog = ModelCatalog(settings, registry)
     store = Store(settings.store_path)
-    worker = Worker(catalog, settings.worker, max_resident=settings.max_resident_models,
-                    stats_path=stats_path(settings))
-    return App(settings, registry, catalog, store, worker, Host(settings, catalog, store, worker))
+    engines = Engines.build(EngineContext(settings, catalog), registry.engines, stats_path=stats_path(settings))
+    return App(settings, registry, catalog, store, engines, Host(settings, catalog, store, engines))

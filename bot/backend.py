@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from bot.errors import UserFacingError
+
 ROLES = ("system", "user", "assistant")
 QUANTIZATION_MODES = ("auto", "nf4", "int8", "none")
 
 
-class BackendError(Exception):
+class BackendError(UserFacingError):
     """A problem a user can act on (no chat template, bad messages, ...)."""
 
 
@@ -27,6 +29,14 @@ class Prompt:
     text: str
     input_ids: list[int]
     stop_token_ids: list[int]
+    #: the conversation after the family's rules, for engines that take messages (chat APIs)
+    messages: list[dict] | None = None
+    #: the prompt's length when there are no ids to count (a chat API without a tokenizer)
+    estimated_tokens: int | None = None
+
+    @property
+    def token_count(self) -> int:
+        return len(self.input_ids) if self.estimated_tokens is None else self.estimated_tokens
 
 
 @dataclass(frozen=True)
@@ -138,12 +148,8 @@ class FamilyBackend:
         User and history text is tokenized as plain text (`sanitize_control_tokens`): a user
         who types `<|im_end|>` gets those characters, never the control token.
         """
-        normalized = self.normalize_messages(messages, model_type)
         template = self.chat_template(tokenizer, model_type)
-        if "system" not in template:
-            # A template that never mentions a system role drops or rejects one (Phi-3 mini,
-            # Mistral v0.1/v0.2): keep its text by folding it into the first user turn.
-            normalized = fold_system_into_first_user(normalized)
+        normalized = self.template_messages(messages, model_type, template)
         extra = self.template_kwargs(model_type)
         try:
             text = tokenizer.apply_chat_template(
@@ -164,7 +170,18 @@ class FamilyBackend:
             text=text,
             input_ids=[int(i) for i in input_ids],
             stop_token_ids=self.stop_token_ids(tokenizer, generation_config),
+            messages=normalized,
         )
+
+    def template_messages(self, messages: list[dict], model_type: str | None, template: str | None) -> list[dict]:
+        """The conversation as the template must see it: normalised, and with the system text
+        folded into the first user turn where the template has no system role (Phi-3 mini,
+        Mistral v0.1/v0.2 drop or reject one). `template` None: not known (a chat API
+        without a tokenizer), so the family's own rules alone apply."""
+        normalized = self.normalize_messages(messages, model_type)
+        if template is not None and "system" not in template:
+            normalized = fold_system_into_first_user(normalized)
+        return normalized
 
     def stop_token_ids(self, tokenizer: Any, generation_config: Any = None) -> list[int]:
         """generation_config's eos ids, the tokenizer's eos, and the family's turn-end tokens."""

@@ -41,7 +41,7 @@ from bot.bench_shapes import SHAPES, SMOKE_SHAPE, ensure_shape
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.catalog import LoadedModel
+    from bot.worker.loading import LoadedModel
     from bot.config import Settings
 
 DEFAULT_USERS = "1,16,64"
@@ -385,7 +385,7 @@ class WorkerRun:
 
 async def worker_run(app: App, model: str, prompts: list[list[int]], new_tokens: int) -> WorkerRun:
     """All prompts submitted at once, one user each; wall time of the whole run."""
-    from bot.worker import GenerationJob
+    from bot.generation import GenerationJob
 
     async def one(user: int, prompt: list[int]) -> tuple[int, float]:
         job = GenerationJob(
@@ -393,7 +393,7 @@ async def worker_run(app: App, model: str, prompts: list[list[int]], new_tokens:
             settings={"do_sample": False, "max_new_tokens": new_tokens}, user=f"u{user}", channel="bench",
         )
         submitted = time.perf_counter()
-        stream = app.worker.submit(job)
+        stream = app.engines.submit(job)
         first_token = None
         async for _ in stream:
             if first_token is None:
@@ -497,7 +497,7 @@ async def overhead_run(app: App, model: str, options: BenchOptions) -> OverheadR
     await pipeline(min(WARMUP_TOKENS, options.new_tokens))  # warms tokenizer, prompt and worker paths
     raws, pipelines, edits = [], [], 0
     for _ in range(options.repeats):
-        raws.append(await app.worker.call(model, raw))
+        raws.append(await _on_loaded_model(app, model, raw))
         tokens, seconds, edits = await pipeline(options.new_tokens)
         pipelines.append((tokens, seconds))
     return OverheadRun(_fastest(raws), _fastest(pipelines), edits)
@@ -528,7 +528,7 @@ async def measure(app: App, target: Target, options: BenchOptions) -> BenchResul
 
     progress("plain generate, one request at a time")
     plain, plain_share = await _with_cpu_share(
-        app.worker.call(model, lambda m: plain_generate(m, prompts[0], options.new_tokens)))
+        _on_loaded_model(app, model, lambda m: plain_generate(m, prompts[0], options.new_tokens)))
     plain_rate = _rate(plain.tokens, plain.seconds)
 
     progress(f"overhead: raw generate against the full pipeline, best of {options.repeats}")
@@ -547,8 +547,19 @@ async def measure(app: App, target: Target, options: BenchOptions) -> BenchResul
     return result
 
 
+async def _on_loaded_model(app: App, model: str, fn: Any) -> Any:
+    """fn(loaded model) on the local engine's thread: the plain-generate baselines need the weights,
+    which only the in-process engine has (every other figure goes through the engine contract)."""
+    engine = app.engines.for_model(model)
+    call = getattr(engine, "call", None)
+    if call is None:
+        raise ValueError(f"modelbot bench compares the in-process engine with plain generate; {model} runs on "
+                         f"{engine.where(app.catalog.spec(model))}")
+    return await call(model, fn)
+
+
 async def _first_load(app: App, model: str) -> dict[str, Any]:
-    from bot.inspect import human_bytes
+    from bot.text import human_bytes
 
     progress(f"loading {model} through the worker")
 
@@ -562,7 +573,7 @@ async def _first_load(app: App, model: str) -> dict[str, Any]:
             "special_ids": set(tokenizer.all_special_ids),
         }
 
-    figures = await app.worker.call(model, describe)
+    figures = await _on_loaded_model(app, model, describe)
     progress(f"loaded in {figures['load_seconds']:.1f} s, {human_bytes(figures['footprint_bytes'])}, on {figures['device']}")
     return figures
 
@@ -627,7 +638,7 @@ def _seconds(value: float | None) -> str:
 
 
 def format_table(result: BenchResult) -> str:
-    from bot.inspect import human_bytes
+    from bot.text import human_bytes
 
     v = result.versions
     lines = [

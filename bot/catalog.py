@@ -1,8 +1,8 @@
-"""The configured models: which plugin serves each, their tokenizers, prompts and loading.
+"""The configured models: which plugin serves each, their tokenizers and prompts.
 
 This is the one place that joins config entries (ModelSpec), family backends and the
-files on disk or on the hub. Loading a model happens here too, but is only ever called
-from the worker's thread.
+tokenizer files on disk or on the hub. Every engine needs it; loading weights is the
+local engine's (bot/worker/loading.py).
 """
 
 from __future__ import annotations
@@ -10,54 +10,39 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from bot.backend import BackendError, FamilyBackend, LoadRecipe, Prompt
+from bot.backend import BackendError, FamilyBackend, Prompt
 from bot.config import ModelSpec, Settings
+from bot.errors import UserFacingError
 from bot.plugins import BackendRegistry
-from bot.sources import ResolvedSource, SourceError, checkpoint_location, convert_gguf, resolve_source
+from bot.sources import ResolvedSource, SourceError, checkpoint_location, resolve_source
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    tokenizer: Any
+    tokenizer: Any  # None for a chat-API model without a source
     model_type: str | None
     context_length: int  # prompt + reply tokens the model was trained for
+    config: Any = None  # transformers' config (architecture, dtype), for /layers without weights
 
 
-class UnknownModel(Exception):
+NO_SOURCE_CONTEXT = 8192  # a chat-API model without a source or context_length
+
+
+class UnknownModel(UserFacingError):
     def __init__(self, name: str, valid: list[str]):
         self.name, self.valid = name, valid
         super().__init__(f"unknown model {name!r}; configured models: {', '.join(valid)}")
 
 
-@dataclass
-class LoadedModel:
-    spec: ModelSpec
-    backend: FamilyBackend
-    model: Any
-    tokenizer: Any
-    model_type: str | None
-    recipe: LoadRecipe
-    device: str
-    load_seconds: float
-    _footprint: int | None = None
-
-    def footprint_bytes(self) -> int:
-        """Weights and buffers (measured once: the model does not grow after loading)."""
-        if self._footprint is None:
-            self._footprint = int(self.model.get_memory_footprint())
-        return self._footprint
-
-
 @contextmanager
-def _explained_load_errors(spec: ModelSpec, resolved: ResolvedSource):
+def explained_load_errors(spec: ModelSpec, resolved: ResolvedSource):
     """transformers' file errors, reworded to say which model and where to look."""
     try:
         yield
@@ -65,14 +50,6 @@ def _explained_load_errors(spec: ModelSpec, resolved: ResolvedSource):
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = " (check the hub id, the network, and HF_TOKEN for gated models)" if resolved.kind == "hub" else ""
         raise SourceError(f"could not load model {spec.name} from {spec.source}: {detail}{hint}") from exc
-
-
-def resolve_device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class ModelCatalog:
@@ -85,13 +62,6 @@ class ModelCatalog:
         # Two first messages at once would load a tokenizer twice, and transformers' lazy
         # imports are not thread-safe ("cannot import name AutoConfig"): one load at a time.
         self._tokenizer_lock = threading.RLock()
-        self._device: str | None = None
-
-    @property
-    def device(self) -> str:
-        if self._device is None:
-            self._device = resolve_device(self.settings.device)
-        return self._device
 
     def spec(self, name: str | None) -> ModelSpec:
         name = name or self.settings.default_model
@@ -129,7 +99,7 @@ class ModelCatalog:
     def _local_model_type(self, spec: ModelSpec) -> str | None:
         if spec.name in self._tokenizers:
             return self._tokenizers[spec.name].model_type
-        location = checkpoint_location(self._resolved(spec), self.settings.cache_dir)
+        location = checkpoint_location(self.resolved(spec), self.settings.cache_dir)
         config_file = Path(location, "config.json") if location else None
         if config_file is None or not config_file.is_file():
             return None
@@ -139,18 +109,14 @@ class ModelCatalog:
             return None
 
     # -- files ------------------------------------------------------------------------------
-    def _resolved(self, spec: ModelSpec) -> ResolvedSource:
+    def resolved(self, spec: ModelSpec) -> ResolvedSource:
         return resolve_source(spec.source)
 
-    def checkpoint(self, spec: ModelSpec, progress: Callable[[str], None] = log.info) -> str:
-        """A location from_pretrained can load (converting a GGUF source once)."""
-        resolved = self._resolved(spec)
-        if resolved.kind == "gguf":
-            return convert_gguf(resolved, self.settings.cache_dir, progress)
-        return resolved.location
-
     def tokenizer(self, spec: ModelSpec) -> TokenizerInfo:
-        """The tokenizer, model_type and context length, without loading weights; cached per model."""
+        """The tokenizer, model_type and context length, without loading weights; cached per model.
+        A model without a source (a chat API's) has no tokenizer: its entry says the rest."""
+        if not spec.source:
+            return TokenizerInfo(None, spec.model_type, spec.context_length or NO_SOURCE_CONTEXT)
         if spec.name in self._tokenizers:
             return self._tokenizers[spec.name]
         with self._tokenizer_lock:
@@ -160,7 +126,7 @@ class ModelCatalog:
         if spec.name not in self._tokenizers:
             from transformers import AutoConfig, AutoTokenizer
 
-            resolved = self._resolved(spec)
+            resolved = self.resolved(spec)
             location = checkpoint_location(resolved, self.settings.cache_dir)
             if location is None:  # an unconverted GGUF: both can be read from the file itself
                 args: dict[str, Any] = {"gguf_file": resolved.gguf_name}
@@ -168,26 +134,36 @@ class ModelCatalog:
             else:
                 args = {}
             args["trust_remote_code"] = spec.trust_remote_code
-            with _explained_load_errors(spec, resolved):
+            with explained_load_errors(spec, resolved):
                 tokenizer = AutoTokenizer.from_pretrained(location, **args)
                 config = AutoConfig.from_pretrained(location, **args)
-            context = getattr(config, "max_position_embeddings", None) or 4096
-            self._tokenizers[spec.name] = TokenizerInfo(tokenizer, spec.model_type or config.model_type, int(context))
+            context = spec.context_length or getattr(config, "max_position_embeddings", None) or 4096
+            self._tokenizers[spec.name] = TokenizerInfo(tokenizer, spec.model_type or config.model_type, int(context),
+                                                        config)
         return self._tokenizers[spec.name]
 
     def prompt(self, spec: ModelSpec, messages: list[dict]) -> Prompt:
-        """Messages -> the exact prompt the family's template gives (blocking: call off the loop)."""
+        """Messages -> the exact prompt the family's template gives (blocking: call off the loop).
+        Without a tokenizer (a chat API's model without a source) only the family's message
+        rules apply and the length is estimated."""
         if spec.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": spec.system_prompt}, *messages]
         with self._prompt_lock:
             info = self.tokenizer(spec)
             backend = self.backend_for(spec, info.model_type)
+            if info.tokenizer is None:
+                normalized = backend.template_messages(messages, info.model_type, None)
+                # ~4 characters a token in English text, plus a few template tokens per turn
+                estimate = sum(len(m["content"]) // 4 + 8 for m in normalized)
+                return Prompt("", [], [], messages=normalized, estimated_tokens=estimate)
             return backend.build_prompt(info.tokenizer, messages, info.model_type, self._generation_config(spec))
 
     def _generation_config(self, spec: ModelSpec) -> Any:
         from transformers import GenerationConfig
 
-        resolved = self._resolved(spec)
+        if not spec.source:
+            return None
+        resolved = self.resolved(spec)
         location = checkpoint_location(resolved, self.settings.cache_dir)
         if location is None or not (resolved.kind == "hub" or Path(location, "generation_config.json").is_file()):
             return None
@@ -203,29 +179,3 @@ class ModelCatalog:
             for sampling_only in ("temperature", "top_p", "top_k"):
                 settings.pop(sampling_only, None)
         return settings
-
-    # -- loading (worker thread only) -------------------------------------------------------
-    def load(self, spec: ModelSpec, progress: Callable[[str], None] = log.info) -> LoadedModel:
-        from transformers import AutoModelForCausalLM
-
-        started = time.monotonic()
-        location = self.checkpoint(spec, progress)
-        info = self.tokenizer(spec)
-        backend = self.backend_for(spec, info.model_type)
-        recipe = backend.load_recipe(spec.quantization, self.device, info.model_type)
-        precision = "full precision" if recipe.quantization == "none" else recipe.quantization.upper()
-        progress(f"loading {spec.name} ({backend.name} plugin, {precision}) on {self.device}")
-        kwargs = dict(recipe.kwargs, trust_remote_code=spec.trust_remote_code)
-        if recipe.quantization_config is not None:
-            kwargs["quantization_config"] = recipe.quantization_config
-        kwargs["device_map"] = self.device
-        with _explained_load_errors(spec, self._resolved(spec)):
-            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-        model.eval()
-        backend.prepare_model(model, info.model_type)
-        loaded = LoadedModel(
-            spec=spec, backend=backend, model=model, tokenizer=info.tokenizer, model_type=info.model_type,
-            recipe=recipe, device=self.device, load_seconds=time.monotonic() - started,
-        )
-        progress(f"loaded {spec.name} in {loaded.load_seconds:.1f} s, {loaded.footprint_bytes() / 1e6:.0f} MB")
-        return loaded

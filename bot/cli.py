@@ -129,7 +129,7 @@ async def cmd_console(settings: Settings, args) -> int:
 
 async def cmd_ask(settings: Settings, args) -> int:
     from bot.frontends.console import ConsoleReply
-    from bot.host import ChatEvent
+    from bot.events import ChatEvent
 
     async def body(app):
         channel = "cli-ask"
@@ -175,11 +175,11 @@ async def cmd_prompt(settings: Settings, args) -> int:
 
 
 async def cmd_layers(settings: Settings, args) -> int:
-    from bot.inspect import FULL_TREE_NOTE, inspect_model
+    from bot.inspect import FULL_TREE_NOTE
 
     async def body(app):
         spec = app.catalog.spec(args.model)
-        report = await app.worker.call(spec.name, lambda loaded: inspect_model(loaded.model, spec.name))
+        report = await app.engines.for_model(spec.name).inspect(spec, lambda message: print(message, file=sys.stderr))
         if args.full:
             print(report.full_tree)
         else:
@@ -191,7 +191,7 @@ async def cmd_layers(settings: Settings, args) -> int:
 
 async def cmd_models(settings: Settings, args) -> int:
     from bot.frontends.console import ConsoleReply
-    from bot.host import ChatEvent
+    from bot.events import ChatEvent
 
     async def body(app):
         # plugins that failed to load were already logged by the plugin manager

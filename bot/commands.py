@@ -3,12 +3,13 @@ is bot/command_table.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.catalog import UnknownModel
 from bot.command_table import BY_NAME, CommandSpec, offered
-from bot.host import ChatEvent, format_footer
+from bot.events import ChatEvent, format_footer
 from bot.reply import Reply
 from bot.reply import notice as _notice
 
@@ -65,9 +66,9 @@ class Commands:
 
     async def models(self, event: ChatEvent, args: str, reply: Reply) -> None:
         host = self.host
-        loaded = set(host.worker.loaded_names())
+        ready = set(host.engines.ready_models())
         current = host.channel_model(event.channel).name
-        rows = [("", "name", "plugin", "quantization", "loaded", "source")]
+        rows = [("", "name", "plugin", "engine", "quantization", "ready", "source")]
         for spec in host.settings.models:
             plugin = host.catalog.guess_backend_name(spec)
             owner = host.catalog.registry.owners.get(plugin, "")
@@ -75,9 +76,10 @@ class Commands:
                 "*" if spec.name == current else "",
                 spec.name,
                 f"{plugin} ({owner})" if owner else plugin,
-                spec.quantization,
-                "yes" if spec.name in loaded else "no",
-                spec.source,
+                host.engines.for_model(spec.name).where(spec),
+                spec.quantization if spec.engine == "local" else "(the server's)",
+                "yes" if spec.name in ready else "no",
+                spec.source or "-",
             ))
         await reply.send("```\n" + _table(rows) + "\n```\n`*` = this channel's model")
 
@@ -91,13 +93,12 @@ class Commands:
         await reply.send(f"This channel now uses {spec.name}.")
 
     async def layers(self, event: ChatEvent, args: str, reply: Reply) -> None:
-        from bot.inspect import inspect_model
-
         host = self.host
         spec = host.catalog.spec(args.split()[0]) if args else host.channel_model(event.channel)
-        if spec.name not in host.worker.loaded_names():
-            await reply.progress(f"loading {spec.name}…")
-        report = await host.worker.call(spec.name, lambda loaded: inspect_model(loaded.model, spec.name))
+        shown: list[asyncio.Task] = []  # progress reaches the chat before the report does
+        report = await host.engines.for_model(spec.name).inspect(
+            spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message))))
+        await asyncio.gather(*shown)
         await reply.send(report.summary)  # Markdown with its own code block
         await reply.send_file(f"{spec.name}-layers.txt", report.full_tree, caption="full module tree")
 
@@ -123,7 +124,7 @@ class Commands:
         await reply.send("Conversation forgotten; the next message starts fresh.")
 
     async def stop(self, event: ChatEvent, args: str, reply: Reply) -> None:
-        active = self.host.worker.active_jobs(event.channel)
+        active = self.host.engines.active_jobs(event.channel)
         for stream in active:
             stream.cancel()
         await reply.send("Stopped." if active else "Nothing is being generated here.")
@@ -132,7 +133,7 @@ class Commands:
     async def stats(self, event: ChatEvent, args: str, reply: Reply) -> None:
         from bot.stats import format_stats
 
-        await reply.send("```\n" + format_stats(self.host.worker.snapshot()) + "\n```")
+        await reply.send("```\n" + format_stats(self.host.engines.snapshot()) + "\n```")
 
 
 def _help_line(spec: CommandSpec) -> str:

@@ -44,6 +44,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     generation: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
+    context_length: int | None = None  # prompt + reply tokens; None: config.json's (8192 without a source)
+    engine: str = "local"  # which engine runs it (bot/engines/): local, openai, or a plugin's
+    engine_options: Any = None  # what the engine type parsed from its own keys of the entry
 
 
 @dataclass(frozen=True)
@@ -222,16 +225,29 @@ def _parse_budget(value: Any) -> tuple[int | None, float | None]:
                       f"(got {value!r})")
 
 
+def _engine_type(entry: dict, key: str):
+    from bot.plugins import default_registry
+
+    name = entry.get("engine", "local")
+    engines = default_registry().engines
+    if not isinstance(name, str) or name not in engines:
+        raise ConfigError(f"{key}.engine: unknown engine {name!r} (known: {', '.join(sorted(engines))})")
+    return engines[name]
+
+
 def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
     _expect(entry, dict, key, "a mapping with at least name and source")
+    engine = _engine_type(entry, key)
     allowed = {"name", "source", "quantization", "family", "model_type", "trust_remote_code",
-               "generation", "system_prompt"}
+               "generation", "system_prompt", "context_length", "engine", *engine.option_keys}
     for field_name in entry:
         if field_name not in allowed:
             raise ConfigError(f"{key}.{field_name}: unknown key (allowed: {', '.join(sorted(allowed))})")
-    for required in ("name", "source"):
-        if not entry.get(required):
-            raise ConfigError(f"{key}.{required}: missing")
+    if not entry.get("name"):
+        raise ConfigError(f"{key}.name: missing")
+    options = engine.parse_options(entry, key)
+    if engine.needs_source(options) and not entry.get("source"):
+        raise ConfigError(f"{key}.source: missing")
     name = str(entry["name"])
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"{key}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
@@ -250,15 +266,22 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
             raise ConfigError(f"{key}.generation.{gen_key}: wrong type {type(value).__name__} ({value!r})")
     if "max_new_tokens" in generation and generation["max_new_tokens"] < 1:
         raise ConfigError(f"{key}.generation.max_new_tokens: must be >= 1")
+    context_length = entry.get("context_length")
+    if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool)
+                                       or context_length < 16):
+        raise ConfigError(f"{key}.context_length: must be a whole number of tokens >= 16 (got {context_length!r})")
     return ModelSpec(
         name=name,
-        source=_resolve_source(str(entry["source"]), base_dir),
+        source=_resolve_source(str(entry["source"]), base_dir) if entry.get("source") else "",
         quantization=quantization,
         family=entry.get("family"),
         model_type=entry.get("model_type"),
         trust_remote_code=trust,
         generation=dict(generation),
         system_prompt=entry.get("system_prompt"),
+        context_length=context_length,
+        engine=engine.name,
+        engine_options=options,
     )
 
 

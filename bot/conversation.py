@@ -31,7 +31,7 @@ def fit_to_context(
     while True:
         kept = system + turns[dropped:]
         prompt = build(kept)
-        if len(prompt.input_ids) <= budget or len(turns) - dropped <= 1:
+        if prompt.token_count <= budget or len(turns) - dropped <= 1:
             return TrimmedPrompt(prompt, kept, dropped)
         dropped += 1
         # keep the conversation starting on a user turn, as most templates require

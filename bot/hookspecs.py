@@ -16,3 +16,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_backends(register):
     """Register family backends: call ``register(backend)`` with a bot.backend.FamilyBackend
     instance for each model family this plugin serves."""
+
+
+@hookspec
+def register_engines(register):
+    """Register engines: call ``register(engine_type)`` with a bot.engines.EngineType for
+    each kind of engine this plugin provides (a model entry's ``engine:`` names it)."""

@@ -4,51 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Callable
 
 from bot.backend import BackendError
-from bot.catalog import ModelCatalog, UnknownModel
+from bot.catalog import ModelCatalog
+from bot.commands import Commands
 from bot.config import ModelSpec, Settings
 from bot.conversation import ChannelHistory, fit_to_context
-from bot.inspect import human_bytes
+from bot.engines.router import Engines
+from bot.errors import UserFacingError
+from bot.events import ChatEvent, ChatResult, format_footer
+from bot.generation import GenerationJob, GenerationStats
 from bot.reply import Reply, ReplyGone, ReplyStream, notice
-from bot.sources import SourceError
 from bot.store import Store
-from bot.worker import GenerationFailed, GenerationJob, GenerationStats, Worker
+
+__all__ = ["ChatEvent", "ChatResult", "Host", "format_footer"]  # frontends and tests import these from here
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "model"
-# Failures whose message is already written for the user.
-USER_FACING_ERRORS = (UnknownModel, BackendError, SourceError, GenerationFailed)
-
-
-@dataclass
-class ChatEvent:
-    channel: str
-    user: str
-    text: str
-    #: the conversation so far as the platform knows it (reply chain, thread); None means the
-    #: host keeps the channel's history itself (the console)
-    history: list[dict] | None = None
-
-
-@dataclass
-class ChatResult:
-    text: str
-    stats: GenerationStats | None
-    error: str | None = None
 
 
 class Host:
-    def __init__(self, settings: Settings, catalog: ModelCatalog, store: Store, worker: Worker):
-        from bot.commands import Commands
-
+    def __init__(self, settings: Settings, catalog: ModelCatalog, store: Store, engines: Engines):
         self.settings = settings
         self.catalog = catalog
         self.store = store
-        self.worker = worker
+        self.engines = engines
         self.history = ChannelHistory()
         self.commands = Commands(self)
         self._session_models: dict[str, str] = {}  # channel -> model, not persisted (console --model)
@@ -66,7 +48,7 @@ class Host:
                 await notice(reply, "Say something, or /help for commands.")
         except ReplyGone:
             raise  # the platform message is gone: nothing to answer into (the frontend logs it)
-        except USER_FACING_ERRORS as exc:
+        except UserFacingError as exc:
             await notice(reply, f"error: {exc}")
         except Exception as exc:  # noqa: BLE001 - never leave a user without an answer
             log.exception("unexpected failure handling %r in %s", text[:80], event.channel)
@@ -110,7 +92,9 @@ class Host:
         overrides: dict | None = None,
         footer: Callable[[GenerationStats | None], str] | None = None,
     ) -> ChatResult:
-        """Prompt -> worker -> streamed reply, with a footer or an error at the end."""
+        """Prompt -> the model's engine -> streamed reply, with a footer or an error at the end.
+        An answer cut midway keeps its text, followed by the error."""
+        parts: list[str] = []
         try:
             info = await asyncio.to_thread(self.catalog.tokenizer, spec)
             settings = self.catalog.generation_settings(spec, info.model_type, overrides)
@@ -118,7 +102,7 @@ class Host:
             trimmed = await asyncio.to_thread(
                 fit_to_context, messages, lambda m: self.catalog.prompt(spec, m), info.context_length, reply_tokens
             )
-            prompt_tokens = len(trimmed.prompt.input_ids)
+            prompt_tokens = trimmed.prompt.token_count
             if prompt_tokens >= info.context_length:
                 raise BackendError(
                     f"the message is {prompt_tokens} tokens long; {spec.name} reads at most {info.context_length}"
@@ -133,34 +117,35 @@ class Host:
                 model=spec.name,
                 input_ids=trimmed.prompt.input_ids,
                 stop_token_ids=trimmed.prompt.stop_token_ids,
+                messages=trimmed.prompt.messages,
                 settings=settings,
                 user=event.user,
                 channel=event.channel,
             )
-            generation = self.worker.submit(job, self._progress_sink(reply), self._position_sink(stream))
-            parts: list[str] = []
+            engine = self.engines.for_model(spec.name)
+            generation = engine.submit(job, self._progress_sink(reply), self._position_sink(stream, engine))
             try:
                 async for delta in generation:
                     parts.append(delta)
                     await stream.write(delta)
             finally:
-                if generation.stats is None:  # left early (task cancelled, frontend failed): free the worker
+                if generation.stats is None:  # left early (task cancelled, frontend failed): free the engine
                     generation.cancel()
-        except USER_FACING_ERRORS as exc:
+        except UserFacingError as exc:
             await stream.fail(str(exc))
-            return ChatResult("", None, str(exc))
+            return ChatResult("".join(parts), None, str(exc))
         stats = generation.stats
         await stream.finish((footer or format_footer)(stats))
         return ChatResult("".join(parts), stats)
 
-    def _position_sink(self, stream: ReplyStream) -> Callable[[int], None] | None:
+    def _position_sink(self, stream: ReplyStream, engine) -> Callable[[int], None] | None:
         """Queue positions (reported on the loop) -> the reply's optional `queued` display."""
         queued = getattr(stream, "queued", None)
         if queued is None:
             return None
 
         def show(position: int) -> None:
-            if position > 0 and not self.worker.generating():
+            if position > 0 and not engine.generating():
                 return  # waiting only for a model to load: the load progress says more
             task = asyncio.get_running_loop().create_task(queued(position))
             self._progress_tasks.add(task)
@@ -169,7 +154,7 @@ class Host:
         return show
 
     def _progress_sink(self, reply: Reply) -> Callable[[str], None]:
-        """A callback the worker thread may call; the message reaches the frontend on the loop."""
+        """A callback an engine's thread may call; the message reaches the frontend on the loop."""
         loop = asyncio.get_running_loop()
 
         def show(message: str) -> None:
@@ -181,16 +166,3 @@ class Host:
             loop.call_soon_threadsafe(show, message)
 
         return report
-
-
-def format_footer(stats: GenerationStats | None, with_footprint: bool = False) -> str:
-    if stats is None:
-        return ""
-    parts = [stats.model, f"{stats.tokens_per_second:.1f} tok/s", f"{stats.new_tokens} tokens"]
-    if with_footprint and stats.footprint_bytes:
-        parts.append(f"{human_bytes(stats.footprint_bytes)} in memory")
-    if stats.stopped_by == "length":
-        parts.append("stopped at the token limit")
-    elif stats.stopped_by == "cancelled":
-        parts.append("stopped")
-    return " · ".join(parts)

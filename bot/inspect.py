@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.text import human_bytes
+
 # Discord caps a message at 2000 characters; keep room for a mention and a footer.
 SUMMARY_LIMIT = 1800
 
@@ -57,14 +59,6 @@ def human_count(n: int) -> str:
                 return f"{n / up_div:.{up_digits}f}{up_suffix}"
             return f"{text}{suffix}"
     return str(n)
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units, like the parameter counts: 16_060_522_752 -> '16.06 GB'."""
-    for div, suffix, digits in ((10**12, "TB", 2), (10**9, "GB", 2), (10**6, "MB", 1), (10**3, "KB", 1)):
-        if n >= div:
-            return f"{n / div:.{digits}f} {suffix}"
-    return f"{n} B"
 
 
 def _percent_list(counter: Counter) -> str:

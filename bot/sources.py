@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bot.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 _CONVERTED_MARKER = "modelbot-converted.json"
 
 
-class SourceError(Exception):
+class SourceError(UserFacingError):
     """A model source that cannot be used; str() says why and what to do."""
 
 

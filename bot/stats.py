@@ -8,10 +8,43 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.inspect import human_bytes
+from bot.text import human_bytes
 
 
 def format_stats(snapshot: dict[str, Any]) -> str:
+    """The local engine's figures (when a local model is configured), then each other engine's."""
+    lines = _local_lines(snapshot) if "device" in snapshot else []
+    for engine in snapshot.get("engines", []):
+        lines.extend(_remote_lines(engine))
+    return "\n".join(lines)
+
+
+def _remote_lines(engine: dict[str, Any]) -> list[str]:
+    """Another engine (a remote server's): where it is (never a key), what is in flight, recent
+    speed; a third-party engine shows what its snapshot has of these."""
+    lines = [f"{engine['kind']} engine for {', '.join(engine.get('models', []))}: {engine.get('where', '')}"]
+    for replica in engine.get("replicas", []):
+        health = "ok" if replica["healthy"] else f"failing ({replica['last_error']})"
+        lines.append(f"  {replica['url']}: {health}, {replica['in_flight']} in flight")
+    if "running" in engine:
+        lines.append(f"  queue: {engine['running']} in flight of {engine['max_concurrency']}, "
+                     f"{engine['queued']} waiting")
+    if "recent_jobs" in engine:
+        lines.append("  " + _recent_line(engine))
+    return lines
+
+
+def _recent_line(snapshot: dict[str, Any]) -> str:
+    if not snapshot["recent_jobs"]:
+        return "last 10 min: no replies"
+    speed = snapshot["recent_tokens_per_second"]
+    p50, p95 = snapshot["recent_first_token_p50"], snapshot["recent_first_token_p95"]
+    return (f"last 10 min: {snapshot['recent_jobs']} replies"
+            + (f", {speed:.1f} tok/s per reply" if speed is not None else "")
+            + (f", first token p50 {p50:.2f} s / p95 {p95:.2f} s" if p50 is not None else ""))
+
+
+def _local_lines(snapshot: dict[str, Any]) -> list[str]:
     lines = [f"device {snapshot['device']} · memory {human_bytes(snapshot['used_bytes'])} of "
              f"{human_bytes(snapshot['budget_bytes'])} budget · batching {snapshot['batching']}"]
     models = snapshot["models"]
@@ -25,21 +58,12 @@ def format_stats(snapshot: dict[str, Any]) -> str:
     else:
         lines.append("loaded models: none")
     lines.append(f"queue: {snapshot['running']} generating, {snapshot['queued']} waiting")
-    if snapshot["recent_jobs"]:
-        speed = snapshot["recent_tokens_per_second"]
-        p50, p95 = snapshot["recent_first_token_p50"], snapshot["recent_first_token_p95"]
-        lines.append(
-            f"last 10 min: {snapshot['recent_jobs']} replies"
-            + (f", {speed:.1f} tok/s per reply" if speed is not None else "")
-            + (f", first token p50 {p50:.2f} s / p95 {p95:.2f} s" if p50 is not None else "")
-        )
-    else:
-        lines.append("last 10 min: no replies")
+    lines.append(_recent_line(snapshot))
     eviction = snapshot.get("last_eviction")
     if eviction:
         lines.append(f"last unload: {eviction['model']}, {human_bytes(max(eviction['freed_bytes'], 0))} of "
                      f"{human_bytes(eviction['expected_bytes'])} given back")
-    return "\n".join(lines)
+    return lines
 
 
 def read_running_stats(path: Path) -> tuple[dict[str, Any] | None, str]:

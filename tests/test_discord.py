@@ -404,10 +404,11 @@ def small_context_copy(tmp_path, context: int) -> str:
     """SmolLM2 as a local checkpoint whose config claims a tiny context (weights linked, not copied)."""
     from bot.catalog import ModelCatalog
     from bot.plugins import load_plugins
+    from bot.worker.loading import ModelLoader
 
     (tmp_path / "convert").mkdir()
     settings = load_settings(write_config(tmp_path / "convert", [smollm2()]))
-    source = Path(ModelCatalog(settings, load_plugins()).checkpoint(settings.model("smollm2")))
+    source = Path(ModelLoader(ModelCatalog(settings, load_plugins())).checkpoint(settings.model("smollm2")))
     target = tmp_path / "small-context"
     target.mkdir()
     for item in source.iterdir():

@@ -15,32 +15,34 @@ the loop carries on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import os
-import statistics
 import threading
 import time
 from collections import deque
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from bot.catalog import LoadedModel, ModelCatalog
-from bot.config import WorkerSettings
-from bot.inspect import human_bytes
+from bot.catalog import ModelCatalog
+from bot.config import ModelSpec, WorkerSettings
+from bot.text import human_bytes
 from bot.worker.batching import BatchSession, kv_bytes_per_token, unbatchable_reason
-from bot.worker.jobs import GenerationFailed, GenerationJob, GenerationStats, GenerationStream, WorkerBusy
+from bot.generation import (
+    GenerationFailed, GenerationJob, GenerationStats, GenerationStream, GenerationTimedOut, InvalidScores, OutOfMemory,
+    RecentAnswers, WorkerBusy, open_stream,
+)
+from bot.worker.loading import LoadedModel, ModelLoader
 from bot.worker.memory import device_total_bytes, is_out_of_memory, release_freed_memory
 from bot.worker.plain import NonFiniteLogits, run_plain
-from bot.worker.queue import FairQueue
+from bot.fair_queue import FairQueue
 from bot.worker.residency import NoRoomYet, Residency
 from bot.worker.running import RunningJob
+
+if TYPE_CHECKING:
+    from bot.inspect import LayerReport
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02  # how long a batch step waits for tokens before checking cancels and newcomers
-STATS_WRITE_SECONDS = 2.0
 IDLE_BATCH_SECONDS = 1.0  # CPU only: how long a drained batch waits for new jobs before it stops
 RECENT_JOBS = 200
 
@@ -66,16 +68,17 @@ class _Call:
 
 
 class Worker:
-    def __init__(self, catalog: ModelCatalog, settings: WorkerSettings | None = None, max_resident: int = 1,
-                 stats_path: Path | None = None):
+    kind = "local"
+
+    def __init__(self, catalog: ModelCatalog, settings: WorkerSettings | None = None, max_resident: int = 1):
         self.catalog = catalog
+        self.loader = ModelLoader(catalog)
         self.settings = settings or WorkerSettings()
         self.max_resident = max_resident
-        self.stats_path = stats_path
         self.queue = FairQueue(self.settings.max_pending, self.settings.max_pending_per_user)
         self.residency: Residency | None = None  # made on the worker thread (sizing the budget imports torch)
         self.budget = 0
-        self.recent: deque[tuple[float, GenerationStats]] = deque(maxlen=RECENT_JOBS)
+        self.recent = RecentAnswers(RECENT_JOBS)
         self._streams: dict[int, GenerationStream] = {}  # waiting and running, for /stop and caps
         self._streams_lock = threading.Lock()
         self._running: dict[int, RunningJob] = {}  # worker thread only
@@ -88,7 +91,6 @@ class Worker:
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
         self._wake = threading.Event()
         self._closing = False
-        self._stats_written = 0.0
         self._thread = threading.Thread(target=self._run, name="modelbot-worker", daemon=True)
         self._thread.start()
 
@@ -98,10 +100,7 @@ class Worker:
         """Queue a job; raises WorkerBusy (a GenerationFailed) when the queue is full."""
         if self._closing:
             raise GenerationFailed("the bot is shutting down")
-        cap = self.settings.max_new_tokens
-        job.settings = dict(job.settings, max_new_tokens=min(job.settings.get("max_new_tokens", cap), cap))
-        stream = GenerationStream(job, progress, on_position)
-        stream.submitted = time.monotonic()
+        stream = open_stream(job, self.settings.max_new_tokens, progress, on_position)
         stream.wake = self._wake.set
         with self._streams_lock:  # known before the worker can see it, so that its end is booked
             self._streams[job.id] = stream
@@ -128,6 +127,19 @@ class Worker:
     def loaded_names(self) -> list[str]:
         return self.residency.names() if self.residency else []
 
+    def ready_models(self) -> list[str]:
+        return self.loaded_names()
+
+    def where(self, spec: ModelSpec) -> str:
+        return f"local ({self.loader.device if self.residency else self.catalog.settings.device})"
+
+    async def inspect(self, spec: ModelSpec, progress: Callable[[str], None]) -> LayerReport:
+        from bot.inspect import inspect_model
+
+        if spec.name not in self.loaded_names():
+            progress(f"loading {spec.name}…")
+        return await self.call(spec.name, lambda loaded: inspect_model(loaded.model, spec.name))
+
     def generating(self) -> bool:
         """Whether any job is generating (or starting to) right now (any thread)."""
         return bool(self._running) or self._starting
@@ -145,10 +157,6 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         """What /stats shows: models and memory, queue, recent speed (any thread)."""
-        now = time.time()
-        recent = [stats for at, stats in self.recent if now - at < 600]
-        speeds = [s.tokens_per_second for s in recent if s.new_tokens > 1]
-        first = sorted(s.time_to_first_token for s in recent if s.time_to_first_token is not None)
         active = self.active_jobs()
         running = [s for s in active if s.position == 0]
         models = self.residency.snapshot() if self.residency else []
@@ -156,19 +164,15 @@ class Worker:
             entry["jobs"] = sum(1 for s in running if s.job.model == entry["name"])
         eviction = self.residency.last_eviction if self.residency else None
         return {
-            "pid": os.getpid(),
-            "updated": now,
-            "device": self.catalog.device if self.residency else "starting",
+            "kind": self.kind,
+            "device": self.loader.device if self.residency else "starting",
             "budget_bytes": self.budget,
             "used_bytes": sum(m["footprint_bytes"] + m["cache_bytes"] for m in models),
             "models": models,
             "running": len(running),
             "queued": len(self.queue),
             "batching": self.settings.batching,
-            "recent_jobs": len(recent),
-            "recent_tokens_per_second": statistics.fmean(speeds) if speeds else None,
-            "recent_first_token_p50": _percentile(first, 0.5),
-            "recent_first_token_p95": _percentile(first, 0.95),
+            **self.recent.summary(),
             "last_eviction": None if eviction is None else {
                 "model": eviction.name, "expected_bytes": eviction.expected_bytes, "freed_bytes": eviction.freed_bytes,
             },
@@ -204,7 +208,6 @@ class Worker:
             self._start(head)
         else:
             self._close_idle_batch()
-        self._write_stats()
 
     def _close_idle_batch(self) -> None:
         """On a CPU, stop a drained batch once the worker has been idle for a moment: its idle
@@ -217,18 +220,17 @@ class Worker:
             self._close_session()
 
     def _housekeeping(self) -> None:
-        """While plain generate holds the thread: end jobs cancelled in the queue, keep stats fresh."""
+        """While plain generate holds the thread: end jobs cancelled in the queue."""
         self._end_cancelled_waiting()
-        self._write_stats()
 
     def _set_up(self) -> None:
-        device = self.catalog.device
+        device = self.loader.device
         total = device_total_bytes(device)
         chosen = self.settings.memory_budget
         if chosen is None and self.settings.memory_budget_fraction is not None:
             chosen = int(total * self.settings.memory_budget_fraction)
         self.budget = chosen or total
-        self.residency = Residency(self.catalog, self.budget, self.max_resident, on_evict=self._before_evict)
+        self.residency = Residency(self.loader, self.budget, self.max_resident, on_evict=self._before_evict)
         log.info("worker on %s, memory budget %s", device, human_bytes(self.budget))
 
     def _shut_down(self) -> None:
@@ -243,7 +245,6 @@ class Worker:
         self._close_session()
         if self.residency is not None:
             self.residency.evict_all()
-        self._write_stats(force=True, final=True)
 
     # jobs ---------------------------------------------------------------------------------
     def _start(self, head: GenerationStream) -> None:
@@ -385,7 +386,8 @@ class Worker:
             self._drained_at = time.monotonic()
 
     # endings ------------------------------------------------------------------------------
-    def _finish(self, running: RunningJob, stopped_by: str | None = None, error: str | None = None) -> None:
+    def _finish(self, running: RunningJob, stopped_by: str | None = None,
+                error: str | GenerationFailed | None = None) -> None:
         # the books first, then the stream's end: a /stats right after a reply must count it
         self._running.pop(running.job.id, None)
         self.queue.job_ended(running.job.user)
@@ -394,7 +396,7 @@ class Worker:
         if error is not None:
             running.fail(error)
             return
-        self.recent.append((time.time(), running.settle(stopped_by)))
+        self.recent.add(running.settle(stopped_by))
         running.close()
 
     def _fail(self, running: RunningJob, exc: BaseException) -> None:
@@ -404,7 +406,7 @@ class Worker:
             release_freed_memory()
         self._finish(running, error=_describe_failure(exc))
 
-    def _end_waiting(self, stream: GenerationStream, error: str | None = None) -> None:
+    def _end_waiting(self, stream: GenerationStream, error: str | GenerationFailed | None = None) -> None:
         """A job that never started: cancelled while queued, its model failed, or shutdown."""
         with self._streams_lock:
             self._streams.pop(stream.job.id, None)
@@ -419,9 +421,9 @@ class Worker:
         for stream in self.queue.remove_cancelled():
             self._end_waiting(stream)
 
-    def _timeout_message(self) -> str:
-        return (f"timed out: no new token for {self.settings.idle_timeout:g} s; the reply was ended "
-                "(the GPU may be overloaded; please try again)")
+    def _timeout_message(self) -> GenerationTimedOut:
+        return GenerationTimedOut(f"timed out: no new token for {self.settings.idle_timeout:g} s; the reply was ended "
+                                  "(the GPU may be overloaded; please try again)")
 
     # models -------------------------------------------------------------------------------
     def _load(self, model: str) -> LoadedModel | None:
@@ -438,7 +440,7 @@ class Worker:
         except NoRoomYet:
             return None  # the models in use finish first; the job stays queued
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its jobs, not the bot
-            message = str(exc) if isinstance(exc, GenerationFailed) else _describe_failure(exc)
+            message = _describe_failure(exc)
             log.error("loading %s failed: %s", model, message, exc_info=not isinstance(exc, GenerationFailed))
             if is_out_of_memory(exc):
                 release_freed_memory()
@@ -484,7 +486,7 @@ class Worker:
             return False
         try:
             self._session = BatchSession(loaded.model, settings, self.settings.max_batch, kv_tokens,
-                                         self.catalog.device)
+                                         self.loader.device)
         except Exception:  # noqa: BLE001 - batching is an optimisation: without it jobs run one by one
             log.exception("continuous batching could not start for %s", loaded.spec.name)
             release_freed_memory()
@@ -494,7 +496,7 @@ class Worker:
         return True
 
     def _on_gpu(self) -> bool:
-        return self.catalog.device.startswith("cuda")
+        return self.loader.device.startswith("cuda")
 
     def _close_session(self) -> None:
         if self._session is None:
@@ -509,39 +511,23 @@ class Worker:
         if self._session_model == loaded.spec.name:
             self._close_session()
 
-    # stats --------------------------------------------------------------------------------
-    def _write_stats(self, force: bool = False, final: bool = False) -> None:
-        """For `modelbot stats` in another process: a small JSON file next to the store."""
-        if self.stats_path is None or (not force and time.monotonic() - self._stats_written < STATS_WRITE_SECONDS):
-            return
-        self._stats_written = time.monotonic()
-        snapshot = self.snapshot()
-        snapshot["stopped"] = final
-        try:
-            temporary = self.stats_path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(snapshot), encoding="utf-8")
-            temporary.replace(self.stats_path)
-        except OSError as exc:
-            log.debug("could not write %s: %s", self.stats_path, exc)
+
+_OUT_OF_MEMORY = "the model ran out of memory; try a shorter conversation or a smaller model"
 
 
-def _percentile(ordered: list[float], fraction: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
-def _describe_failure(exc: BaseException) -> str:
+def _describe_failure(exc: BaseException) -> GenerationFailed:
+    """Any failure of a job -> the typed error its user is shown."""
     if is_out_of_memory(exc):
-        return "the model ran out of memory; try a shorter conversation or a smaller model"
+        return OutOfMemory(_OUT_OF_MEMORY)
     if isinstance(exc, NonFiniteLogits):
-        return "the model produced invalid numbers (NaN) and the reply was stopped; please try again"
+        return InvalidScores("the model produced invalid numbers (NaN) and the reply was stopped; please try again")
     if isinstance(exc, GenerationFailed):
-        return str(exc)
-    return f"generation failed ({type(exc).__name__}: {exc})"
+        return exc
+    return GenerationFailed(f"generation failed ({type(exc).__name__}: {exc})")
 
 
-def _describe_failure_text(error: str) -> str:
+def _describe_failure_text(error: str) -> GenerationFailed:
+    """A failure the batch reports as text (transformers' continuous batching) -> a typed error."""
     if "out of memory" in error.lower():
-        return "the model ran out of memory; try a shorter conversation or a smaller model"
-    return f"generation failed ({error})"
+        return OutOfMemory(_OUT_OF_MEMORY)
+    return GenerationFailed(f"generation failed ({error})")

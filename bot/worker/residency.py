@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bot.catalog import LoadedModel, ModelCatalog
-from bot.inspect import human_bytes
-from bot.worker.jobs import GenerationFailed
+from bot.text import human_bytes
+from bot.generation import GenerationFailed
+from bot.worker.loading import LoadedModel, ModelLoader
 from bot.worker.memory import is_out_of_memory, release_freed_memory, used_bytes
 
 log = logging.getLogger(__name__)
 
 # Bytes per parameter once loaded, to size a model before its first load. NF4 + double
 # quant on Llama-3.1-8B measured 5.59 GB for 8.03 B parameters (embeddings stay bf16).
-_BYTES_PER_PARAMETER = {"nf4": 0.70, "int8": 1.15}
+BYTES_PER_PARAMETER = {"nf4": 0.70, "int8": 1.15}
 
 
 class NoRoomYet(Exception):
@@ -56,9 +56,10 @@ class Eviction:
 
 
 class Residency:
-    def __init__(self, catalog: ModelCatalog, budget_bytes: int, max_resident: int,
+    def __init__(self, loader: ModelLoader, budget_bytes: int, max_resident: int,
                  on_evict: Callable[[LoadedModel], None] = lambda loaded: None):
-        self.catalog = catalog
+        self.loader = loader
+        self.catalog = loader.catalog
         self.budget = budget_bytes
         self.max_resident = max_resident
         self.on_evict = on_evict  # lets the engine stop a model's batching first
@@ -102,7 +103,7 @@ class Residency:
         if loaded is not None:
             return loaded
         spec = self.catalog.spec(name)
-        location = self.catalog.checkpoint(spec, progress)  # converts a GGUF once, with progress
+        location = self.loader.checkpoint(spec, progress)  # converts a GGUF once, with progress
         need = self._known_sizes.get(name) or self._estimate(spec, location)
         if need > self.budget:
             raise GenerationFailed(
@@ -111,7 +112,7 @@ class Residency:
             )
         self._make_room(need, busy)
         try:
-            loaded = self.catalog.load(spec, progress)
+            loaded = self.loader.load(spec, progress)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -119,7 +120,7 @@ class Residency:
             log.warning("out of memory loading %s; unloading every idle model and retrying", name)
             self._make_room(self.budget, busy)
             try:
-                loaded = self.catalog.load(spec, progress)
+                loaded = self.loader.load(spec, progress)
             except Exception as retry_exc:
                 if is_out_of_memory(retry_exc):
                     raise GenerationFailed(
@@ -143,13 +144,13 @@ class Residency:
         resident = self._resident.pop(name)
         self._publish()
         self.on_evict(resident.loaded)
-        before = used_bytes(self.catalog.device)
+        before = used_bytes(self.loader.device)
         expected = resident.total
         log.info("unloading %s (%s)", name, human_bytes(expected))
         resident.loaded.model = None
         del resident
         release_freed_memory()
-        freed = before - used_bytes(self.catalog.device)
+        freed = before - used_bytes(self.loader.device)
         self.last_eviction = eviction = Eviction(name, expected, freed)
         if not eviction.verified:
             log.warning("unloading %s gave back only %s of %s", name, human_bytes(max(freed, 0)), human_bytes(expected))
@@ -180,9 +181,9 @@ class Residency:
         if not parameters:
             return 0  # a hub model not downloaded yet: settled after loading
         info = self.catalog.tokenizer(spec)
-        recipe = self.catalog.backend_for(spec, info.model_type).load_recipe(spec.quantization, self.catalog.device,
+        recipe = self.catalog.backend_for(spec, info.model_type).load_recipe(spec.quantization, self.loader.device,
                                                                              info.model_type)
-        per_parameter = _BYTES_PER_PARAMETER.get(recipe.quantization)
+        per_parameter = BYTES_PER_PARAMETER.get(recipe.quantization)
         if per_parameter is None:
             dtype = recipe.kwargs.get("dtype")
             per_parameter = getattr(dtype, "itemsize", 4)

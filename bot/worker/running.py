@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bot.worker.jobs import GenerationStats, GenerationStream
+from bot.generation import GenerationFailed, GenerationStats, GenerationStream
 from bot.worker.stream_decode import DeltaDecoder
 
 
@@ -83,7 +83,7 @@ class RunningJob:
     def close(self) -> None:
         self.stream.finish(self.stats)
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: "str | GenerationFailed") -> None:
         if self.done:
             return
         self.done = True

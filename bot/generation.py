@@ -1,6 +1,7 @@
-"""What the host hands the worker (a job) and what it gets back (a stream of text and stats).
+"""What the host hands an engine (a job) and what it gets back (a stream of text and stats).
 
-A GenerationStream lives on the asyncio loop; the worker's threads feed it only through
+Every engine (the in-process worker, a remote server's client) speaks in these types.
+A GenerationStream lives on the asyncio loop; an engine's threads feed it only through
 ``loop.call_soon_threadsafe``, so frontends never touch a lock or a torch tensor.
 """
 
@@ -8,19 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
+
+from bot.errors import UserFacingError
 
 _job_ids = itertools.count(1)
 
 
-class GenerationFailed(Exception):
+class GenerationFailed(UserFacingError):
     """A job that ended with an error; str() is the message for the user."""
 
 
 class WorkerBusy(GenerationFailed):
     """Refused at submission: too many jobs waiting (for this user or in total)."""
+
+
+class OutOfMemory(GenerationFailed):
+    """The device ran out of memory for this job or model."""
+
+
+class GenerationTimedOut(GenerationFailed):
+    """No new token for too long (an overloaded device, an unresponsive server)."""
+
+
+class InvalidScores(GenerationFailed):
+    """The model produced NaN or infinite scores."""
+
+
+class EngineUnavailable(GenerationFailed):
+    """A remote engine could not be reached or refused the request."""
+
+
+class AnswerCut(GenerationFailed):
+    """The answer stopped midway (a server went away after the first token): the text so
+    far stands, this message follows it."""
 
 
 @dataclass
@@ -55,6 +82,9 @@ class GenerationJob:
     settings: dict[str, Any]
     user: str = ""
     channel: str = ""
+    #: the same conversation as messages after the family's rules, for engines that send
+    #: messages (a chat API) instead of token ids
+    messages: list[dict] | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -96,9 +126,9 @@ class GenerationStream:
         if self.progress is not None:
             self.progress(message)
 
-    def finish(self, stats: GenerationStats | None = None, error: str | None = None) -> None:
+    def finish(self, stats: GenerationStats | None = None, error: str | GenerationFailed | None = None) -> None:
         if error is not None:
-            self.emit(GenerationFailed(error))
+            self.emit(error if isinstance(error, GenerationFailed) else GenerationFailed(error))
         elif stats is not None:
             self.emit(stats)
         self.emit(self._DONE)
@@ -130,3 +160,45 @@ class GenerationStream:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+
+def open_stream(job: GenerationJob, max_new_tokens: int, progress: Callable[[str], None] | None = None,
+                on_position: Callable[[int], None] | None = None) -> GenerationStream:
+    """A submitted job's stream, its reply capped at the engine's `max_new_tokens`: what every
+    engine's submit starts with."""
+    job.settings = dict(job.settings, max_new_tokens=min(job.settings.get("max_new_tokens", max_new_tokens),
+                                                         max_new_tokens))
+    stream = GenerationStream(job, progress, on_position)
+    stream.submitted = time.monotonic()
+    return stream
+
+class RecentAnswers:
+    """The last answers' stats, for /stats: how many in the last ten minutes, their speed and
+    time to first token. Appended from any thread (deque appends are atomic)."""
+
+    WINDOW_SECONDS = 600
+
+    def __init__(self, keep: int = 200):
+        self._entries: deque[tuple[float, GenerationStats]] = deque(maxlen=keep)
+
+    def add(self, stats: GenerationStats) -> None:
+        self._entries.append((time.time(), stats))
+
+    def summary(self) -> dict[str, Any]:
+        now = time.time()
+        recent = [stats for at, stats in list(self._entries) if now - at < self.WINDOW_SECONDS]
+        speeds = [s.tokens_per_second for s in recent if s.new_tokens > 1]
+        first = sorted(s.time_to_first_token for s in recent if s.time_to_first_token is not None)
+        return {
+            "recent_jobs": len(recent),
+            "recent_tokens_per_second": statistics.fmean(speeds) if speeds else None,
+            "recent_first_token_p50": _percentile(first, 0.5),
+            "recent_first_token_p95": _percentile(first, 0.95),
+        }
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]

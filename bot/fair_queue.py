@@ -15,7 +15,7 @@ import threading
 from collections import Counter, OrderedDict, deque
 from typing import Callable
 
-from bot.worker.jobs import GenerationStream, WorkerBusy
+from bot.generation import GenerationStream, WorkerBusy
 
 
 class FairQueue:
