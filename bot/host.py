@@ -11,6 +11,7 @@ from bot.catalog import ModelCatalog
 from bot.commands import Commands
 from bot.config import ModelSpec, Settings
 from bot.conversation import ChannelHistory, fit_to_context
+from bot.engines import Engine
 from bot.engines.router import Engines
 from bot.errors import UserFacingError
 from bot.events import ChatEvent, ChatResult, format_footer
@@ -138,7 +139,7 @@ class Host:
         await stream.finish((footer or format_footer)(stats))
         return ChatResult("".join(parts), stats)
 
-    def _position_sink(self, stream: ReplyStream, engine) -> Callable[[int], None] | None:
+    def _position_sink(self, stream: ReplyStream, engine: Engine) -> Callable[[int], None] | None:
         """Queue positions (reported on the loop) -> the reply's optional `queued` display."""
         queued = getattr(stream, "queued", None)
         if queued is None:

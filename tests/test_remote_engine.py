@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import subprocess
 
@@ -287,12 +288,14 @@ def test_bad_remote_config_is_one_line_naming_the_key(tmp_path, fields, message)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
-def test_a_server_that_refuses_the_key_names_the_setting_never_the_key(tmp_path, remote_servers):
+def test_a_server_that_refuses_the_key_names_the_setting_never_the_key(tmp_path, remote_servers, caplog):
+    caplog.set_level(logging.DEBUG)  # the client's own debug logging included
     server = remote_servers.llama(extra_args=("--api_key", "the-right-key"))
     config = write_config(tmp_path, [remote("remote", server.api_base, server.model_id, api_key="wrong-key-123")])
     out, err = answer_once(config, QUESTION)
     assert "error:" in out and "api_key setting of model remote" in out and "401" in out
-    assert "wrong-key-123" not in out + err and "the-right-key" not in out + err
+    assert "wrong-key-123" not in out + err + caplog.text and "the-right-key" not in out + err + caplog.text
+    assert "/v1/completions" in caplog.text  # the client did log the request, at debug level, without the key
 
 
 @pytest.mark.parametrize("fault", ["server error 503", "timeout"])
@@ -403,3 +406,12 @@ def test_slack_mentions_are_answered_by_the_remote_model_and_shutdown_ends_the_r
     answered, stopped = asyncio.run(run())
     assert "Paris" in slack_text_of(answered)
     assert stopped[-1].text.endswith("stopped: the bot is shutting down")
+
+
+def test_a_lone_replica_answering_5xx_ends_the_question_with_the_reason_once(tmp_path, llama_server, proxy_to):
+    proxy = proxy_to(llama_server)
+    proxy.fail_next(503, times=3)
+    config = write_config(tmp_path, [remote("remote", proxy.url + "/v1", llama_server.model_id)])
+    out, _ = answer_once(config, QUESTION)
+    assert "error: remote's server cannot be reached" in out and "server error 503" in out
+    assert [r.status for r in proxy.requests if r.path == "/v1/completions"] == [503]  # asked once, not in a loop

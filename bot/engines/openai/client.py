@@ -26,9 +26,10 @@ class Chunk:
 class ReplicaFailed(Exception):
     """The replica failed this request in a way another replica may not (refused, timeout, 5xx, 429)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, timed_out: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after  # set for a 429: the replica is healthy, only busy
+        self.timed_out = timed_out
 
 
 class RequestRejected(Exception):
@@ -107,7 +108,7 @@ def classify(exc: Exception) -> Exception:
     if isinstance(exc, openai.APIStatusError):
         return classify_status(exc)
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        return ReplicaFailed(_connection_reason(exc))
+        return ReplicaFailed(_connection_reason(exc), timed_out=isinstance(exc, openai.APITimeoutError))
     if _is_transport_error(exc):  # httpx's read errors when the server goes away midway
         return ReplicaFailed(f"the connection broke ({type(exc).__name__})")
     return exc

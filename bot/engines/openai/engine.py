@@ -187,7 +187,7 @@ class OpenAIEngine:
         hands the request to the next, one failing after it ends the answer as cut."""
         tried: set[str] = set()
         waited = 0.0
-        last_error = ""
+        last: tuple[str, ReplicaFailed] | None = None  # the latest failure and where, for the user's message
         while True:
             replica = await self._next_replica(tried)
             if replica is None:
@@ -196,7 +196,7 @@ class OpenAIEngine:
                     await asyncio.sleep(pause)  # every replica asked us to slow down: do as told
                     waited += pause
                     continue
-                raise self._unavailable(last_error if tried else self.pool.failures())
+                raise self._unavailable(last)
             sent_any = False
             replica.in_flight += 1
             try:
@@ -207,7 +207,7 @@ class OpenAIEngine:
                 replica.served += 1
                 return
             except ReplicaFailed as exc:
-                last_error = f"{replica.url}: {exc}"
+                last = (replica.url, exc)
                 if sent_any:
                     self.pool.mark_failed(replica, str(exc))
                     raise AnswerCut(f"the model's server ({replica.url}) stopped answering midway ({exc}); "
@@ -228,7 +228,7 @@ class OpenAIEngine:
         if replica is None and all(not r.healthy for r in self.pool.replicas):
             # every replica is down: check them now rather than fail a request a restarted server could serve
             if await self.pool.revive():
-                replica = self.pool.pick(set())
+                replica = self.pool.pick(tried)  # one that failed this request already is not asked twice
         return replica
 
     async def _model_id(self, replica: Replica) -> str:
@@ -245,11 +245,16 @@ class OpenAIEngine:
     async def _health_check(self, url: str) -> None:
         await check_health(self._clients[url])
 
-    def _unavailable(self, last_error: str) -> GenerationFailed:
-        if "timed out" in last_error:
-            return GenerationTimedOut(f"{self.spec.name}'s server did not answer in time ({last_error}); "
-                                      "please try again")
-        return EngineUnavailable(f"{self.spec.name}'s server cannot be reached ({last_error}); please try again later")
+    def _unavailable(self, last: tuple[str, ReplicaFailed] | None) -> GenerationFailed:
+        """No replica took the request: busy, too slow, or down (what the replicas said)."""
+        why = f"{last[0]}: {last[1]}" if last is not None else self.pool.failures()
+        failure = last[1] if last is not None else None
+        if failure is not None and failure.retry_after is not None:
+            return EngineUnavailable(f"{self.spec.name}'s server is busy (it answered 429 for "
+                                     f"{MAX_RATE_LIMIT_WAIT:g} s); please try again in a minute")
+        if failure is not None and failure.timed_out:
+            return GenerationTimedOut(f"{self.spec.name}'s server did not answer in time ({why}); please try again")
+        return EngineUnavailable(f"{self.spec.name}'s server cannot be reached ({why}); please try again later")
 
     def _rejected(self, replica: Replica, exc: RequestRejected) -> GenerationFailed:
         if exc.status in (401, 403):
