@@ -140,6 +140,10 @@ def test_sixteen_jobs_keep_four_in_flight_and_take_users_in_turn(tmp_path, llama
 
     owner, streams, texts = asyncio.run(run())
     assert all(texts) and all(s.stats and s.stats.new_tokens >= 1 for s in streams)
+    # the final stats: tokens, speed, and what a user waited for the first token (queue included)
+    assert all(s.stats.tokens_per_second > 0 and s.stats.time_to_first_token > 0 for s in streams)
+    waited = sorted(s.stats.queue_seconds for s in streams)
+    assert waited[-1] > waited[0]  # the last ones really queued
     assert proxy.max_in_flight == 4  # used, and never more
     order = [owner[tuple(body["prompt"])] for body in proxy.bodies("/v1/completions")]
     assert len(order) == 16
