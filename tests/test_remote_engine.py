@@ -419,3 +419,25 @@ def test_a_lone_replica_answering_5xx_ends_the_question_with_the_reason_once(tmp
     out, _ = answer_once(config, QUESTION)
     assert "error: remote's server cannot be reached" in out and "server error 503" in out
     assert [r.status for r in proxy.requests if r.path == "/v1/completions"] == [503]  # asked once, not in a loop
+
+
+def test_a_request_cancelled_before_its_task_first_runs_still_ends_its_answer():
+    from bot.config import ModelSpec, WorkerSettings
+    from bot.engines.openai.engine import OpenAIEngine
+    from bot.engines.openai.options import OpenAIOptions
+
+    async def run():
+        options = OpenAIOptions((f"http://127.0.0.1:{free_port()}/v1",), served_model="m")
+        engine = OpenAIEngine(ModelSpec("r", "", engine="openai"), options, WorkerSettings(), None)
+        try:
+            stream = engine.submit(GenerationJob("r", [1, 2], [], {"max_new_tokens": 4}, user="u"))
+            await asyncio.sleep(0)  # the dispatcher has made the request's task; it has not run yet
+            stream.job.cancelled.set()
+            engine._cancel(stream.job.id)  # what stream.cancel() schedules, made to land first
+            text = await asyncio.wait_for(collect(stream), 10)
+            return text, stream.stats, engine.active_jobs()
+        finally:
+            await engine.close()
+
+    text, stats, active = asyncio.run(run())
+    assert text == "" and stats.stopped_by == "cancelled" and active == []

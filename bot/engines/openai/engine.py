@@ -122,6 +122,7 @@ class OpenAIEngine:
                     break
                 task = asyncio.get_running_loop().create_task(self._run(stream))
                 self._tasks[stream.job.id] = task
+                task.add_done_callback(lambda _, stream=stream: self._settle_unstarted(stream))
 
     def _cancel(self, job_id: int) -> None:
         task = self._tasks.get(job_id)
@@ -137,6 +138,12 @@ class OpenAIEngine:
         else:
             stream.finish(GenerationStats(model=stream.job.model, prompt_tokens=len(stream.job.input_ids),
                                           stopped_by="cancelled", queue_seconds=time.monotonic() - stream.submitted))
+
+    def _settle_unstarted(self, stream: GenerationStream) -> None:
+        """A task cancelled before its first step never runs its body: end its answer here."""
+        if stream.job.id in self._tasks:
+            self._ended(stream)
+            self._end_waiting(stream)
 
     def _ended(self, stream: GenerationStream) -> None:
         self._tasks.pop(stream.job.id, None)
