@@ -133,6 +133,15 @@ class GenerationStream:
             self.emit(stats)
         self.emit(self._DONE)
 
+    def end_unstarted(self, error: str | GenerationFailed | None = None) -> None:
+        """End a job that never started (cancelled while queued, its model or server failed,
+        shutdown): with `error`, else as cancelled after its time in the queue."""
+        if error is not None:
+            self.finish(error=error)
+            return
+        self.finish(GenerationStats(model=self.job.model, prompt_tokens=len(self.job.input_ids),
+                                    stopped_by="cancelled", queue_seconds=time.monotonic() - self.submitted))
+
     # -- loop side ------------------------------------------------------------------------------
     def _set_position(self, position: int) -> None:
         if position == self.position:

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bot.catalog import ModelCatalog
 from bot.config import ModelSpec, WorkerSettings
-from bot.text import human_bytes
-from bot.worker.batching import BatchSession, kv_bytes_per_token, unbatchable_reason
+from bot.fair_queue import FairQueue
 from bot.generation import (
-    GenerationFailed, GenerationJob, GenerationStats, GenerationStream, GenerationTimedOut, InvalidScores, OutOfMemory,
+    GenerationFailed, GenerationJob, GenerationStream, GenerationTimedOut, InvalidScores, OutOfMemory,
     RecentAnswers, WorkerBusy, open_stream,
 )
+from bot.text import human_bytes
+from bot.worker.batching import BatchSession, kv_bytes_per_token, unbatchable_reason
 from bot.worker.loading import LoadedModel, ModelLoader
 from bot.worker.memory import device_total_bytes, is_out_of_memory, release_freed_memory
 from bot.worker.plain import NonFiniteLogits, run_plain
-from bot.fair_queue import FairQueue
 from bot.worker.residency import NoRoomYet, Residency
 from bot.worker.running import RunningJob
 
@@ -410,12 +410,7 @@ class Worker:
         """A job that never started: cancelled while queued, its model failed, or shutdown."""
         with self._streams_lock:
             self._streams.pop(stream.job.id, None)
-        if error is None:
-            stats = GenerationStats(model=stream.job.model, prompt_tokens=len(stream.job.input_ids),
-                                    stopped_by="cancelled", queue_seconds=time.monotonic() - stream.submitted)
-            stream.finish(stats)
-        else:
-            stream.finish(error=error)
+        stream.end_unstarted(error)
 
     def _end_cancelled_waiting(self) -> None:
         for stream in self.queue.remove_cancelled():

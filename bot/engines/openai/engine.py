@@ -133,11 +133,7 @@ class OpenAIEngine:
 
     def _end_waiting(self, stream: GenerationStream, error: GenerationFailed | None = None) -> None:
         self._streams.pop(stream.job.id, None)
-        if error is not None:
-            stream.finish(error=error)
-        else:
-            stream.finish(GenerationStats(model=stream.job.model, prompt_tokens=len(stream.job.input_ids),
-                                          stopped_by="cancelled", queue_seconds=time.monotonic() - stream.submitted))
+        stream.end_unstarted(error)
 
     def _settle_unstarted(self, stream: GenerationStream) -> None:
         """A task cancelled before its first step never runs its body: end its answer here."""
@@ -171,10 +167,8 @@ class OpenAIEngine:
                     stats.prompt_tokens = chunk.prompt_tokens
                 if chunk.finish_reason == "length":
                     stats.stopped_by = "length"
-            stats.new_tokens = stats.new_tokens or counted
         except asyncio.CancelledError:
             stats.stopped_by = "cancelled"
-            stats.new_tokens = stats.new_tokens or counted
         except GenerationFailed as exc:
             self._ended(stream)
             stream.finish(error=exc)
@@ -184,6 +178,7 @@ class OpenAIEngine:
             self._ended(stream)
             stream.finish(error=GenerationFailed(f"generation failed ({type(exc).__name__}: {exc})"))
             return
+        stats.new_tokens = stats.new_tokens or counted  # the server's usage count when it sent one
         stats.generation_seconds = time.monotonic() - started
         self._ended(stream)
         self.recent.add(stats)
