@@ -8,6 +8,7 @@ plain mappings here and validated by their own frontends (bot/frontends/registry
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class ModelSpec:
     context_length: int | None = None  # prompt + reply tokens; None: config.json's (8192 without a source)
     engine: str = "local"  # which engine runs it (bot/engines/): local, openai, or a plugin's
     engine_options: Any = None  # what the engine type parsed from its own keys of the entry
+    keep_alive: float | None = None  # seconds idle before unloading; None: worker.keep_alive; inf: never
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ class WorkerSettings:
     max_new_tokens: int = 2048  # hard cap on any one reply
     batching: str = "auto"  # auto: a lone job runs plain generate, concurrent ones batch; always; off
     kv_cache_tokens: int | None = None  # continuous-batching KV cache size; None: sized from the budget
+    keep_alive: float = math.inf  # seconds a model may stay loaded unused (Ollama's keep_alive); inf: never unload
+    swap_after: float = 30.0  # seconds a job for another model waits while the loaded model's jobs go first
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The optional HTTP endpoint (config section ``metrics:``): /metrics, /healthz, /readyz."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
 
 
 BATCHING_MODES = ("auto", "always", "off")
@@ -78,6 +90,14 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # each frontend's (discord:, slack:, ...)
     path: Path | None = None
+    preload: tuple[str, ...] = ()  # models loaded at start, before the frontends connect
+    metrics: MetricsSettings | None = None  # None: no HTTP endpoint
+    shutdown_timeout: float = 10.0  # seconds from SIGTERM to exit
+
+    def keep_alive(self, model: str) -> float:
+        """Seconds `model` may stay loaded unused (math.inf: never unloaded for being idle)."""
+        spec = self.model(model)
+        return spec.keep_alive if spec is not None and spec.keep_alive is not None else self.worker.keep_alive
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
@@ -114,7 +134,8 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
     from bot.frontends.registry import frontend_names
 
     frontends = ["console", *frontend_names()]
-    known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models", "worker", *frontends}
+    known = {"models", "default_model", "device", "cache_dir", "store", "max_resident_models", "worker",
+             "preload", "metrics", "shutdown_timeout", *frontends}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(known))})")
@@ -142,6 +163,12 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
     if not isinstance(max_resident, int) or isinstance(max_resident, bool) or max_resident < 1:
         raise ConfigError(f"max_resident_models: must be a whole number >= 1 (got {max_resident!r})")
 
+    preload = raw.get("preload") or []
+    _expect(preload, list, "preload", "a list of model names")
+    for i, name in enumerate(preload):
+        if name not in seen:
+            raise ConfigError(f"preload[{i}]: {name!r} is not a configured model ({', '.join(sorted(seen))})")
+
     sections = {}
     for name in frontends:
         section = raw.get(name) or {}
@@ -158,7 +185,54 @@ def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settin
         worker=_parse_worker(raw.get("worker") or {}),
         sections=sections,
         path=path,
+        preload=tuple(dict.fromkeys(preload)),
+        metrics=_parse_metrics(raw.get("metrics")),
+        shutdown_timeout=_positive_seconds(raw.get("shutdown_timeout", 10.0), "shutdown_timeout"),
     )
+
+
+def _parse_metrics(raw: Any) -> MetricsSettings | None:
+    if raw is None or raw is False:
+        return None
+    _expect(raw, dict, "metrics", "a mapping with host and port")
+    for key in raw:
+        if key not in ("host", "port"):
+            raise ConfigError(f"metrics.{key}: unknown key (known: host, port)")
+    host = raw.get("host", MetricsSettings.host)
+    _expect(host, str, "metrics.host", "an address such as 127.0.0.1 or 0.0.0.0")
+    port = raw.get("port", MetricsSettings.port)
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)  # from an environment variable
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"metrics.port: must be a port number from 0 to 65535 (got {port!r})")
+    return MetricsSettings(host=host, port=port)
+
+
+def _positive_seconds(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{key}: must be a number of seconds > 0 (got {value!r})")  # nan and inf too
+    return float(value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_keep_alive(value: Any, key: str) -> float:
+    """Ollama's keep_alive: seconds, or "30s" / "5m" / "1h"; 0 unloads right after each answer;
+    "never" or a negative number keeps the model loaded (math.inf)."""
+    if isinstance(value, str) and value.strip().lower() in ("never", "forever", "-1"):
+        return math.inf
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            return math.inf
+        if value < math.inf:  # nan fails this too
+            return float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    raise ConfigError(f"{key}: must be a duration such as 300, 30s, 5m or 1h, or never (got {value!r})")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -170,7 +244,7 @@ def _parse_worker(raw: Any) -> WorkerSettings:
     _expect(raw, dict, "worker", "a mapping")
     defaults = WorkerSettings()
     known = {"memory_budget", "max_batch", "max_pending_per_user", "max_pending", "idle_timeout",
-             "max_new_tokens", "batching", "kv_cache_tokens"}
+             "max_new_tokens", "batching", "kv_cache_tokens", "keep_alive", "swap_after"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"worker.{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -200,6 +274,8 @@ def _parse_worker(raw: Any) -> WorkerSettings:
         max_new_tokens=whole("max_new_tokens", defaults.max_new_tokens),
         batching=batching,
         kv_cache_tokens=whole("kv_cache_tokens", None, minimum=16),
+        keep_alive=parse_keep_alive(raw.get("keep_alive", "never"), "worker.keep_alive"),
+        swap_after=_positive_seconds(raw.get("swap_after", defaults.swap_after), "worker.swap_after"),
     )
 
 
@@ -239,7 +315,7 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
     _expect(entry, dict, key, "a mapping with at least name and source")
     engine = _engine_type(entry, key)
     allowed = {"name", "source", "quantization", "family", "model_type", "trust_remote_code",
-               "generation", "system_prompt", "context_length", "engine", *engine.option_keys}
+               "generation", "system_prompt", "context_length", "engine", "keep_alive", *engine.option_keys}
     for field_name in entry:
         if field_name not in allowed:
             raise ConfigError(f"{key}.{field_name}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -282,6 +358,7 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
         context_length=context_length,
         engine=engine.name,
         engine_options=options,
+        keep_alive=parse_keep_alive(entry["keep_alive"], f"{key}.keep_alive") if "keep_alive" in entry else None,
     )
 
 
