@@ -44,10 +44,18 @@ class UnknownModel(UserFacingError):
 @contextmanager
 def explained_load_errors(spec: ModelSpec, resolved: ResolvedSource):
     """transformers' file errors, reworded to say which model and where to look."""
+    offline = None
+    if resolved.kind == "hub":
+        from bot.hub_access import offline_unless_hub_reachable
+
+        offline = offline_unless_hub_reachable()
     try:
         yield
     except (OSError, ValueError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if offline:
+            raise SourceError(f"could not load model {spec.name}: {offline} and {spec.source} is not in the local "
+                              "cache (download it on a machine with network, or use a local path as source)") from exc
         hint = " (check the hub id, the network, and HF_TOKEN for gated models)" if resolved.kind == "hub" else ""
         raise SourceError(f"could not load model {spec.name} from {spec.source}: {detail}{hint}") from exc
 

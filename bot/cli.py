@@ -1,4 +1,4 @@
-"""The `modelbot` command: console | ask | prompt | layers | models | stats | bench | run.
+"""The `modelbot` command: console | ask | prompt | layers | models | stats | bench | run | doctor.
 
 Every failure ends as one line on stderr and a nonzero exit, never a traceback
 (run with -v for logs).
@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, config_path, load_settings
+from bot.doctor import cmd_doctor
 
 log = logging.getLogger("modelbot")
 
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stats", "show a running bot's loaded models, memory, queue and recent speed")
 
+    add("doctor", "check the setup: Python, torch/CUDA, bitsandbytes, GPU memory, each model's files, "
+                  "remote servers, the Discord and Slack tokens")
+
     from bot.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(add("bench", "benchmark the worker: one user, many users, and plain generate, in one table"))
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = _optional_settings(args.config)  # a built shape needs no config file
         else:
             settings = load_settings(config_path(args.config))
-        return asyncio.run(COMMANDS[args.command](settings, args))
+        return _leave(asyncio.run(COMMANDS[args.command](settings, args)))
     except ConfigError as exc:
         print(f"modelbot: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -80,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failed", exc_info=True)
         print(f"modelbot: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _leave(code: int) -> int:
+    """The exit code; where a stop ran out of time with the worker thread still inside torch,
+    exit now: finalizing the interpreter under a running torch thread aborts the process."""
+    if any(thread.name == "modelbot-worker" and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _optional_settings(explicit: str | None) -> Settings | None:
@@ -92,12 +108,19 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+class _NoTracebacks(logging.Formatter):
+    """Without -v a log record is one line: its traceback is for `-v`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return super().format(record)
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    line_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(line_format) if verbose else _NoTracebacks(line_format))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if not verbose:
         # transformers' per-weight progress bars would bury the conversation
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -105,10 +128,10 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-async def _with_app(settings: Settings, body):
+async def _with_app(settings: Settings, body, service: bool = False):
     from bot.app import build_app
 
-    app = build_app(settings)
+    app = build_app(settings, service=service)
     try:
         return await body(app)
     finally:
@@ -116,15 +139,15 @@ async def _with_app(settings: Settings, body):
 
 
 async def cmd_console(settings: Settings, args) -> int:
-    from bot.frontends.console import CHANNEL, run_console
+    from bot.frontends.console import CHANNEL, ConsoleFrontend
 
     async def body(app):
         if args.model:
             app.host.set_channel_model(CHANNEL, args.model, persist=False)
-        await run_console(app.host)
-        return 0
+        await app.engines.preload(app.settings.preload, lambda line: print(f"modelbot: {line}", file=sys.stderr))
+        return await _serve(app, [ConsoleFrontend(app.host)])
 
-    return await _with_app(settings, body)
+    return await _with_app(settings, body, service=True)
 
 
 async def cmd_ask(settings: Settings, args) -> int:
@@ -136,7 +159,7 @@ async def cmd_ask(settings: Settings, args) -> int:
         if args.model:
             app.host.set_channel_model(channel, args.model, persist=False)
         overrides = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
-        event = ChatEvent(channel=channel, user="cli", text=" ".join(args.prompt), history=[])
+        event = ChatEvent(channel=channel, user="cli", text=" ".join(args.prompt), history=[], frontend="cli")
         result = await app.host.chat(event, ConsoleReply(sys.stdout, sys.stderr, show_footer=False, show_errors=False), overrides=overrides)
         if result.error:
             raise RuntimeError(result.error)
@@ -242,15 +265,29 @@ async def cmd_run(settings: Settings, args) -> int:
         kind.check_ready(parsed[name])
 
     async def body(app):
+        if app.settings.metrics is not None:  # before the preload: probes get answers during a long load
+            from bot.health_server import start_health_server
+            app.health_server = await start_health_server(app, app.settings.metrics, frontends=list(types))
+        await app.engines.preload(app.settings.preload, lambda line: print(f"modelbot: {line}", file=sys.stderr))
         frontends = [kind.create(app.host, parsed[name]) for name, kind in types.items()]
-        try:
-            await asyncio.gather(*(frontend.run() for frontend in frontends))
-        finally:
-            for frontend in frontends:
-                await frontend.close()
-        return 0
+        return await _serve(app, frontends)
 
-    return await _with_app(settings, body)
+    return await _with_app(settings, body, service=True)
+
+
+async def _serve(app, frontends: list) -> int:
+    """Answer until SIGTERM/SIGINT (or until the frontends end), then stop in order
+    (bot/service.py) and say how it went in one line."""
+    import time
+
+    from bot.service import StopRequest, serve
+
+    stop = StopRequest()
+    stop.install()
+    report = await serve(app, frontends, stop, app.settings.shutdown_timeout)
+    if report.signal_name:
+        print(report.line(time.monotonic() - stop.requested_at), file=sys.stderr)
+    return 0
 
 
 COMMANDS = {
@@ -262,4 +299,5 @@ COMMANDS = {
     "stats": cmd_stats,
     "bench": cmd_bench,
     "run": cmd_run,
+    "doctor": cmd_doctor,
 }

@@ -40,6 +40,14 @@ def model_switch_refusal(text: str, model_switch: str, is_admin: bool) -> str | 
     return "Only the bot's admins can switch models here. Ask one of them, or use /models to see what is available."
 
 
+def compare_refusal(text: str, compare: str, is_admin: bool) -> str | None:
+    """What a chat frontend answers to /compare from a non-admin where only admins may compare."""
+    wants_compare = text.split(maxsplit=1)[0].lower() == "/compare" if text.strip() else False
+    if not wants_compare or compare != "admins" or is_admin:
+        return None
+    return "Only the bot's admins can use /compare here (it loads every model in turn). Ask one of them."
+
+
 class Commands:
     def __init__(self, host: "Host"):
         self.host = host
@@ -96,8 +104,9 @@ class Commands:
         host = self.host
         spec = host.catalog.spec(args.split()[0]) if args else host.channel_model(event.channel)
         shown: list[asyncio.Task] = []  # progress reaches the chat before the report does
-        report = await host.engines.for_model(spec.name).inspect(
-            spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message))))
+        with host.engines.reserve(event.user, [spec.name]):  # counts as one of the asker's requests
+            report = await host.engines.for_model(spec.name).inspect(
+                spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message))))
         await asyncio.gather(*shown)
         await reply.send(report.summary)  # Markdown with its own code block
         await reply.send_file(f"{spec.name}-layers.txt", report.full_tree, caption="full module tree")
@@ -111,13 +120,14 @@ class Commands:
         for name in names:
             if host.settings.model(name) is None:
                 raise UnknownModel(name, host.settings.model_names)
-        for name in names:
-            spec = host.settings.model(name)
-            # each model gets its own labelled reply; a failing model does not stop the others
-            await host.run_model(
-                spec, [{"role": "user", "content": prompt}], reply.stream(header=f"── {name} ──"), reply, event,
-                footer=lambda stats: format_footer(stats, with_footprint=True),
-            )
+        with host.engines.reserve(event.user, names):  # one of the asker's requests, however many models
+            for name in names:
+                spec = host.settings.model(name)
+                # each model gets its own labelled reply; a failing model does not stop the others
+                await host.run_model(
+                    spec, [{"role": "user", "content": prompt}], reply.stream(header=f"── {name} ──"), reply, event,
+                    footer=lambda stats: format_footer(stats, with_footprint=True), reserved=True,
+                )
 
     async def reset(self, event: ChatEvent, args: str, reply: Reply) -> None:
         self.host.history.reset(event.channel)

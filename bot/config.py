@@ -29,6 +29,14 @@ _GENERATION_KEYS = {
     "top_k": int,
     "repetition_penalty": (int, float),
 }
+# What transformers accepts, checked at load so that a typo is a config error, not a traceback at the first message
+_GENERATION_RANGES = {
+    "max_new_tokens": (lambda v: v >= 1, "a whole number >= 1"),
+    "temperature": (lambda v: v > 0, "a number > 0 (for greedy decoding set do_sample: false)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number with 0 < top_p <= 1"),
+    "top_k": (lambda v: v >= 0, "a whole number >= 0 (0: no top-k filtering)"),
+    "repetition_penalty": (lambda v: v > 0, "a number > 0 (1.0: no penalty)"),
+}
 
 
 class ConfigError(Exception):
@@ -113,17 +121,11 @@ def config_path(explicit: str | None) -> Path:
 
 
 def load_settings(path: Path) -> Settings:
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (pass --config PATH or set {CONFIG_ENV})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_settings(raw, base_dir=path.resolve().parent, path=path)
+    from bot.config_yaml import read_bounded_yaml
+
+    return parse_settings(read_bounded_yaml(path), base_dir=path.resolve().parent, path=path)
 
 
 def parse_settings(raw: Any, base_dir: Path, path: Path | None = None) -> Settings:
@@ -208,6 +210,11 @@ def _parse_metrics(raw: Any) -> MetricsSettings | None:
     return MetricsSettings(host=host, port=port)
 
 
+def _finite(value: int | float) -> bool:
+    """nan and inf never pass a range check (an int of any size is finite)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def _positive_seconds(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ConfigError(f"{key}: must be a number of seconds > 0 (got {value!r})")  # nan and inf too
@@ -258,9 +265,7 @@ def _parse_worker(raw: Any) -> WorkerSettings:
         return value
 
     budget, fraction = _parse_budget(raw.get("memory_budget", "auto"))
-    idle = raw.get("idle_timeout", defaults.idle_timeout)
-    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
-        raise ConfigError(f"worker.idle_timeout: must be a number of seconds > 0 (got {idle!r})")
+    idle = _positive_seconds(raw.get("idle_timeout", defaults.idle_timeout), "worker.idle_timeout")
     batching = str(raw.get("batching", defaults.batching)).lower()
     if batching not in BATCHING_MODES:
         raise ConfigError(f"worker.batching: must be one of {', '.join(BATCHING_MODES)} (got {batching!r})")
@@ -270,7 +275,7 @@ def _parse_worker(raw: Any) -> WorkerSettings:
         max_batch=whole("max_batch", defaults.max_batch),
         max_pending_per_user=whole("max_pending_per_user", defaults.max_pending_per_user),
         max_pending=whole("max_pending", defaults.max_pending),
-        idle_timeout=float(idle),
+        idle_timeout=idle,
         max_new_tokens=whole("max_new_tokens", defaults.max_new_tokens),
         batching=batching,
         kv_cache_tokens=whole("kv_cache_tokens", None, minimum=16),
@@ -295,8 +300,9 @@ def _parse_budget(value: Any) -> tuple[int | None, float | None]:
             return None, percent / 100
     else:
         match = _SIZE.match(text)
-        if match:
-            return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]), None
+        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()] if match else 0.0
+        if 1 <= size < math.inf:  # 0 would leave no room for any model
+            return int(size), None
     raise ConfigError(f"worker.memory_budget: must be auto, a size such as 6GB or 512MiB, or a percentage such as 80% "
                       f"(got {value!r})")
 
@@ -340,8 +346,9 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
             raise ConfigError(f"{key}.generation.{gen_key}: unknown setting (known: {', '.join(_GENERATION_KEYS)})")
         if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
             raise ConfigError(f"{key}.generation.{gen_key}: wrong type {type(value).__name__} ({value!r})")
-    if "max_new_tokens" in generation and generation["max_new_tokens"] < 1:
-        raise ConfigError(f"{key}.generation.max_new_tokens: must be >= 1")
+        check = _GENERATION_RANGES.get(gen_key)
+        if check is not None and not (_finite(value) and check[0](value)):
+            raise ConfigError(f"{key}.generation.{gen_key}: must be {check[1]} (got {value!r})")
     context_length = entry.get("context_length")
     if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool)
                                        or context_length < 16):

@@ -17,6 +17,8 @@ class ChatEvent:
     #: the conversation so far as the platform knows it (reply chain, thread); None means the
     #: host keeps the channel's history itself (the console)
     history: list[dict] | None = None
+    #: which frontend it came from ("discord", "console", ...), for the metrics
+    frontend: str = ""
 
 
 @dataclass

@@ -6,6 +6,10 @@ taking users in turn among equals (A1 B1 C1 A2 B2 A3 ...). A job's position is i
 in that order, recomputed on every change and pushed to the job's stream so a frontend can
 show "queued: 3rd".
 
+A command that runs models one after another (/compare, /layers) holds a reservation while
+it runs: it counts as one request of its user, and its own jobs (`job.reserved`) take no
+further share of the cap.
+
 Thread-safe: the event loop pushes, the worker thread takes.
 """
 
@@ -24,6 +28,8 @@ class FairQueue:
         self.max_pending_per_user = max_pending_per_user
         self._lines: OrderedDict[str, deque[GenerationStream]] = OrderedDict()  # rotation order = key order
         self._generating: Counter[str] = Counter()  # jobs per user the worker is running now
+        self._reserved: Counter[str] = Counter()  # commands in progress per user (reserve())
+        self._covered: Counter[str] = Counter()  # their jobs, waiting or running: counted by the reservation
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -34,16 +40,27 @@ class FairQueue:
         """Queue a job, or raise WorkerBusy with a message for the user."""
         user = stream.job.user
         with self._lock:
-            in_progress = len(self._lines.get(user, ())) + self._generating[user]
-            if in_progress >= self.max_pending_per_user:
-                raise WorkerBusy(
-                    f"you already have {in_progress} requests in progress "
-                    f"(at most {self.max_pending_per_user}); try again when one has finished"
-                )
+            if stream.job.reserved and self._covered[user] >= self._reserved[user]:
+                stream.job.reserved = False  # no reservation of its user holds a place for it here
+            if not stream.job.reserved:
+                self._check_user_cap(user)
             if sum(len(line) for line in self._lines.values()) >= self.max_pending:
                 raise WorkerBusy(f"the bot is busy ({self.max_pending} requests waiting); try again in a minute")
+            if stream.job.reserved:
+                self._covered[user] += 1
             self._lines.setdefault(user, deque()).append(stream)
             self._report_positions()
+
+    def reserve(self, user: str) -> None:
+        """Count a command in progress (/compare, /layers) as one request of `user`, or raise
+        WorkerBusy as push() would; release() ends it."""
+        with self._lock:
+            self._check_user_cap(user)
+            self._reserved[user] += 1
+
+    def release(self, user: str) -> None:
+        with self._lock:
+            _decrement(self._reserved, user)
 
     def take(self, accept: Callable[[GenerationStream], bool] = lambda s: True) -> GenerationStream | None:
         """The next job in fair order that `accept` allows; its user goes to the back of the turn."""
@@ -60,12 +77,12 @@ class FairQueue:
             self._report_positions()
             return stream
 
-    def job_ended(self, user: str) -> None:
-        """A job taken from here stopped generating (the worker calls this)."""
+    def job_ended(self, user: str, reserved: bool = False) -> None:
+        """A job taken from here stopped generating (the worker calls this, with its job's `reserved`)."""
         with self._lock:
-            self._generating[user] -= 1
-            if self._generating[user] <= 0:
-                del self._generating[user]
+            _decrement(self._generating, user)
+            if reserved:
+                _decrement(self._covered, user)
 
     def peek(self) -> GenerationStream | None:
         """The job that would be served next."""
@@ -85,6 +102,9 @@ class FairQueue:
                 line = self._lines[user]
                 kept = deque(s for s in line if not s.job.cancelled.is_set())
                 dropped += [s for s in line if s.job.cancelled.is_set()]
+                for stream in line:
+                    if stream.job.cancelled.is_set() and stream.job.reserved:
+                        _decrement(self._covered, user)
                 if kept:
                     self._lines[user] = kept
                 else:
@@ -101,6 +121,9 @@ class FairQueue:
         with self._lock:
             streams = self._order()
             self._lines.clear()
+            for stream in streams:
+                if stream.job.reserved:
+                    _decrement(self._covered, stream.job.user)
             return streams
 
     def pending_for_user(self, user: str) -> int:
@@ -108,6 +131,15 @@ class FairQueue:
             return len(self._lines.get(user, ()))
 
     # -- under the lock ---------------------------------------------------------------------
+    def _check_user_cap(self, user: str) -> None:
+        in_progress = (len(self._lines.get(user, ())) + self._generating[user]
+                       + self._reserved[user] - self._covered[user])
+        if in_progress >= self.max_pending_per_user:
+            raise WorkerBusy(
+                f"you already have {in_progress} requests in progress "
+                f"(at most {self.max_pending_per_user}); try again when one has finished"
+            )
+
     def _order(self) -> list[GenerationStream]:
         """The order jobs will be served in, simulating take() on the current lines."""
         lines = OrderedDict((user, deque(line)) for user, line in self._lines.items())
@@ -125,3 +157,9 @@ class FairQueue:
     def _report_positions(self) -> None:
         for position, stream in enumerate(self._order(), start=1):
             stream.report_position(position)
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

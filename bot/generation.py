@@ -87,6 +87,8 @@ class GenerationJob:
     messages: list[dict] | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: part of a command that already holds a place in its user's cap (/compare: FairQueue.reserve)
+    reserved: bool = False
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one continuous batch (max_new_tokens is per request)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bot.backend import BackendError
 from bot.catalog import ModelCatalog
@@ -16,8 +16,12 @@ from bot.engines.router import Engines
 from bot.errors import UserFacingError
 from bot.events import ChatEvent, ChatResult, format_footer
 from bot.generation import GenerationJob, GenerationStats
+from bot.readiness import Readiness
 from bot.reply import Reply, ReplyGone, ReplyStream, notice
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.metrics import Metrics  # imports prometheus_client: only when metrics are on
 
 __all__ = ["ChatEvent", "ChatResult", "Host", "format_footer"]  # frontends and tests import these from here
 
@@ -36,6 +40,8 @@ class Host:
         self.commands = Commands(self)
         self._session_models: dict[str, str] = {}  # channel -> model, not persisted (console --model)
         self._progress_tasks: set[asyncio.Task] = set()
+        self.readiness = Readiness()  # frontends report their connection here, for /readyz
+        self.metrics: Metrics | None = None  # set by build_app when the config turns metrics on
 
     async def handle(self, event: ChatEvent, reply: Reply) -> None:
         """Answer one event; whatever happens, the user gets a message."""
@@ -92,9 +98,11 @@ class Host:
         event: ChatEvent,
         overrides: dict | None = None,
         footer: Callable[[GenerationStats | None], str] | None = None,
+        reserved: bool = False,
     ) -> ChatResult:
         """Prompt -> the model's engine -> streamed reply, with a footer or an error at the end.
-        An answer cut midway keeps its text, followed by the error."""
+        An answer cut midway keeps its text, followed by the error. `reserved`: part of a command
+        that holds its user's place in the queue (Engines.reserve)."""
         parts: list[str] = []
         try:
             info = await asyncio.to_thread(self.catalog.tokenizer, spec)
@@ -122,6 +130,7 @@ class Host:
                 settings=settings,
                 user=event.user,
                 channel=event.channel,
+                reserved=reserved,
             )
             engine = self.engines.for_model(spec.name)
             generation = engine.submit(job, self._progress_sink(reply), self._position_sink(stream, engine))
@@ -133,11 +142,24 @@ class Host:
                 if generation.stats is None:  # left early (task cancelled, frontend failed): free the engine
                     generation.cancel()
         except UserFacingError as exc:
+            self._record(event, spec, exc)
             await stream.fail(str(exc))
             return ChatResult("".join(parts), None, str(exc))
+        except BaseException as exc:  # cancelled, the reply gone, a bug: counted, then on its way
+            self._record(event, spec, exc)
+            raise
         stats = generation.stats
+        self._record(event, spec, stats)  # before the footer: whoever sees the answer sees it counted
         await stream.finish((footer or format_footer)(stats))
         return ChatResult("".join(parts), stats)
+
+    def _record(self, event: ChatEvent, spec: ModelSpec, ended: GenerationStats | BaseException | None) -> None:
+        if self.metrics is None:
+            return
+        if isinstance(ended, BaseException):
+            self.metrics.ended_by(event.frontend, spec.name, ended)
+        else:
+            self.metrics.finished(event.frontend, spec.name, ended)
 
     def _position_sink(self, stream: ReplyStream, engine: Engine) -> Callable[[int], None] | None:
         """Queue positions (reported on the loop) -> the reply's optional `queued` display."""

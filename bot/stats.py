@@ -59,11 +59,22 @@ def _local_lines(snapshot: dict[str, Any]) -> list[str]:
         lines.append("loaded models: none")
     lines.append(f"queue: {snapshot['running']} generating, {snapshot['queued']} waiting")
     lines.append(_recent_line(snapshot))
+    if snapshot.get("loads_by_model"):
+        lines.append(_loads_line(snapshot))
     eviction = snapshot.get("last_eviction")
     if eviction:
         lines.append(f"last unload: {eviction['model']}, {human_bytes(max(eviction['freed_bytes'], 0))} of "
                      f"{human_bytes(eviction['expected_bytes'])} given back")
     return lines
+
+
+def _loads_line(snapshot: dict[str, Any]) -> str:
+    """Loads and unloads per model since start: "loads: smollm2 3, gemma 2 · unloads: smollm2 2"."""
+    def counts(by_model: dict[str, int]) -> str:
+        return ", ".join(f"{name} {count}" for name, count in by_model.items())
+
+    unloads = snapshot.get("evictions_by_model") or {}
+    return f"loads: {counts(snapshot['loads_by_model'])}" + (f" · unloads: {counts(unloads)}" if unloads else "")
 
 
 def read_running_stats(path: Path) -> tuple[dict[str, Any] | None, str]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bot.reply import ReplyGone
-from bot.write_budget import FINAL, FIRST_POST, UNLIMITED, UPDATE, WriteBudget
+from bot.write_budget import FINAL, FIRST_POST, UNLIMITED, UPDATE, WriteBudget, report_wait, write_waits
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class _Backoff:
         self._delay = min(self._delay * 2, self.policy.max_delay)
         log.warning("%s failed (%s); trying again in %.1f s", self.what, exc, delay)
         await asyncio.sleep(delay)
+        if exc.retry_after:  # the platform said how long to wait (a 429): a rate-limit wait
+            report_wait("platform", delay)
         return True
 
 
@@ -145,6 +147,7 @@ class StreamedMessage:
         self._ended_event = asyncio.Event()
         self._first_done = asyncio.Event()  # the first message is posted, or never will be
         self._writer: asyncio.Task | None = None
+        self._write_waits = write_waits.get()  # the answer's; a writer task may start from another context
         self.started = False
         self.gone = False  # deleted on the platform
         self.broken = False  # can no longer be written (deleted, refused, or given up)
@@ -230,6 +233,7 @@ class StreamedMessage:
             raise ReplyGone(f"{self.name} can no longer be written")
 
     async def _write_until_shown(self) -> None:
+        write_waits.set(self._write_waits)  # this task's own context: its waits count for the answer's frontend
         backoff = _Backoff(self._retry, self.name)
         while True:
             step = self._next_step()

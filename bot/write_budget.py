@@ -19,10 +19,23 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 FINAL, FIRST_POST, UPDATE = 0, 1, 2  # priorities: lower goes first
+
+#: Told (reason, seconds) when a write waited: "budget" (a window here held it back) or
+#: "platform" (bot/streaming.py: the platform said to retry after a while). The intake sets
+#: it for each answer (the metrics listen), so no platform module needs to know about metrics;
+#: tasks an answer starts inherit it.
+write_waits: ContextVar[Callable[[str, float], None] | None] = ContextVar("write_waits", default=None)
+
+
+def report_wait(reason: str, seconds: float) -> None:
+    observer = write_waits.get()
+    if observer is not None:
+        observer(reason, seconds)
 
 
 class WriteWindow:
@@ -40,10 +53,11 @@ class WriteWindow:
         self.granted = 0  # total, for /stats and tests
 
     @asynccontextmanager
-    async def slot(self, priority: int = UPDATE) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def slot(self, priority: int = UPDATE) -> AsyncIterator[bool]:
+        """Yields whether the write had to wait for room."""
+        waited = await self._acquire(priority)
         try:
-            yield
+            yield waited
         finally:
             self._release()
 
@@ -56,16 +70,18 @@ class WriteWindow:
         recent = self._done and self._done[-1] > time.monotonic() - self.period
         return not (self.waiting or self._in_flight or recent)
 
-    async def _acquire(self, priority: int) -> None:
+    async def _acquire(self, priority: int) -> bool:
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._order), future))
         self._grant()
+        waits = not future.done()
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release()  # granted just as the waiter gave up: the slot was not used
             raise
+        return waits
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -99,7 +115,10 @@ class WriteBudget:
 
     @asynccontextmanager
     async def slot(self, priority: int = UPDATE) -> AsyncIterator[None]:
-        async with _nested(self.windows, priority):
+        asked = time.monotonic()
+        async with _nested(self.windows, priority) as waited:
+            if waited:  # once per write, however many of its windows were full
+                report_wait("budget", time.monotonic() - asked)
             yield
 
 
@@ -107,12 +126,13 @@ UNLIMITED = WriteBudget()
 
 
 @asynccontextmanager
-async def _nested(windows: Sequence[WriteWindow], priority: int) -> AsyncIterator[None]:
+async def _nested(windows: Sequence[WriteWindow], priority: int) -> AsyncIterator[bool]:
+    """A slot in every window; yields whether any of them made the write wait."""
     if not windows:
-        yield
+        yield False
         return
-    async with windows[0].slot(priority), _nested(windows[1:], priority):
-        yield
+    async with windows[0].slot(priority) as first, _nested(windows[1:], priority) as rest:
+        yield first or rest
 
 
 class KeyedWindows:

@@ -55,6 +55,7 @@ API_PREFIX = "/api/v10"
 EVERYONE_PERMISSIONS = sum(1 << b for b in (6, 10, 11, 14, 15, 16, 31, 35, 38))
 ADMIN_PERMISSIONS = 1 << 3
 LOADING_FLAG, EPHEMERAL_FLAG = 128, 64
+GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19  # application flag
 
 # Default bodies for injected errors, shaped like Discord's (message + code).
 ERROR_BODIES = {
@@ -269,10 +270,16 @@ class _GatewaySession:
 class DiscordEmulator(LocalServer):
     def __init__(self, *, heartbeat_interval_ms: int = 1000, ack_deadline: float | None = 3.0,
                  gateway_compression: bool = False, rate_limit: tuple[int, float] | None = (5, 5.0),
-                 global_rate_limit: tuple[int, float] | None = (50, 1.0)):
+                 global_rate_limit: tuple[int, float] | None = (50, 1.0), token: str | None = None,
+                 message_content_intent: bool = True):
         """rate_limit: (writes, seconds) per channel for message creates and edits together;
-        global_rate_limit: (requests, seconds) over all REST requests. None turns one off."""
+        global_rate_limit: (requests, seconds) over all REST requests. None turns one off.
+        token: the bot token REST calls must carry (`Authorization: Bot …`; else 401, as
+        Discord answers a reset token); None accepts any. message_content_intent: whether the
+        portal's Message Content switch is on (the application's `flags`)."""
         super().__init__()
+        self.token = token
+        self.message_content_intent = message_content_intent
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.ack_deadline = ack_deadline  # interactions not answered in time get 404 10062
         self.gateway_compression = gateway_compression  # honour ?compress=zlib-stream
@@ -472,6 +479,15 @@ class DiscordEmulator(LocalServer):
             return None, headers
         return _rate_limited(bucket.reset_after(now), False, headers), {}
 
+    def _unauthorized(self, request: web.Request, rec: Request) -> web.Response | None:
+        """Discord's 401 for a bot token that is wrong or was reset (interaction callbacks and
+        webhooks authenticate with their own token in the path instead)."""
+        if self.token is None or GLOBAL_EXEMPT.match(rec.path):
+            return None
+        if request.headers.get("Authorization") == f"Bot {self.token}":
+            return None
+        return _error(401, "401: Unauthorized", 0)
+
     @staticmethod
     def _drop(request: web.Request) -> web.Response:
         """Close the socket without answering. aiohttp then fails to write the returned
@@ -504,6 +520,8 @@ class DiscordEmulator(LocalServer):
         self.requests.append(rec)
         request[REC_KEY] = rec
         response = self._injected(rec)  # before the limiter: faults do not count against it
+        if response is None:
+            response = self._unauthorized(request, rec)
         if response is _DROPPED:
             rec.status = NETWORK_FAILURE
             return self._drop(request)
@@ -530,6 +548,7 @@ class DiscordEmulator(LocalServer):
         p = API_PREFIX
         r.add_get(p + "/users/@me", lambda _: _json_response(self.bot_user))
         r.add_get(p + "/oauth2/applications/@me", self._app_info)
+        r.add_get(p + "/applications/@me", self._app_info)
         r.add_get(p + "/gateway", lambda _: _json_response({"url": self.gateway_url}))
         r.add_get(p + "/gateway/bot", self._gateway_bot)
         r.add_get(p + "/channels/{cid}", self._get_channel)
@@ -554,7 +573,13 @@ class DiscordEmulator(LocalServer):
     async def _app_info(self, _: web.Request) -> web.Response:
         return _json_response({"id": self.application_id, "name": "modelbot", "description": "", "icon": None,
                                "bot_public": True, "bot_require_code_grant": False, "verify_key": "0" * 64,
-                               "owner": self.owner, "flags": 0, "bot": self.bot_user})
+                               "owner": self.owner, "flags": self.application_flags, "bot": self.bot_user})
+
+    @property
+    def application_flags(self) -> int:
+        """An unverified app (under 100 servers) with the portal's Message Content switch on
+        has GATEWAY_MESSAGE_CONTENT_LIMITED; a verified, approved one GATEWAY_MESSAGE_CONTENT (1 << 18)."""
+        return GATEWAY_MESSAGE_CONTENT_LIMITED if self.message_content_intent else 0
 
     async def _gateway_bot(self, _: web.Request) -> web.Response:
         limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}

@@ -71,3 +71,20 @@ class RecordingOut:
 
 def run_async(coro):
     return asyncio.run(coro)
+
+
+async def job_for(app, text: str, user: str, model: str = "smollm2", **settings):
+    """A GenerationJob for one user message, as the host would build it (settings override the model's)."""
+    from bot.generation import GenerationJob
+
+    spec = app.catalog.spec(model)
+    prompt = await asyncio.to_thread(app.catalog.prompt, spec, [{"role": "user", "content": text}])
+    info = app.catalog.tokenizer(spec)
+    merged = {**app.catalog.generation_settings(spec, info.model_type), **settings}
+    stop_ids = merged.pop("stop_token_ids", prompt.stop_token_ids)
+    return GenerationJob(model=model, input_ids=prompt.input_ids, stop_token_ids=stop_ids, settings=merged,
+                         user=user, channel=f"channel-{user}")
+
+
+async def collect(stream) -> str:
+    return "".join([delta async for delta in stream])

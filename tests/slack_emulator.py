@@ -152,6 +152,10 @@ DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
 }
 PER_CHANNEL_LIMITS = frozenset({"chat.postMessage"})
 STREAMING_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
+# The scopes the app was installed with (docs/slack-manifest.yaml's); Slack reports a token's
+# scopes in the `x-oauth-scopes` header of every Web API response to it.
+DEFAULT_BOT_SCOPES = ("app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write",
+                      "assistant:write", "commands", "files:write")
 MARKDOWN_LIMIT = 12_000  # characters of markdown_text per streaming call
 
 
@@ -181,11 +185,13 @@ class SlackApiError(Exception):
 class SlackEmulator(LocalServer):
     def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test",
                  rate_limits: dict[str, tuple[int, float]] | None = DEFAULT_RATE_LIMITS,
-                 streaming: bool = True, streaming_error: str = "unknown_method"):
+                 streaming: bool = True, streaming_error: str = "unknown_method",
+                 scopes: tuple[str, ...] = DEFAULT_BOT_SCOPES):
         """rate_limits replaces DEFAULT_RATE_LIMITS entirely (None or {}: no limits);
         streaming=False answers the chat streaming methods with `streaming_error`, as a
-        workspace without the feature would."""
+        workspace without the feature would; scopes: what the bot token was granted."""
         super().__init__()
+        self.scopes = tuple(scopes)
         self.bot_token, self.app_token = bot_token, app_token
         self.team_id, self.app_id = EMU_TEAM_ID, EMU_APP_ID
         self.bot_user_id, self.bot_id = BOT_USER_ID, BOT_ID
@@ -405,7 +411,8 @@ class SlackEmulator(LocalServer):
         except SlackApiError as exc:
             data = {"ok": False, "error": exc.error}
         call.status, call.ok, call.error = 200, data["ok"], data.get("error")
-        return _json(data)
+        granted = {"x-oauth-scopes": ",".join(self.scopes)} if token == self.bot_token else None
+        return _json(data, headers=granted)
 
     def _refusal(self, call: ApiCall) -> tuple[int, str, dict | None] | None:
         """An outage, then an injected fault, then the rate limiter may answer a call before

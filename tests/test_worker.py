@@ -8,12 +8,12 @@ import threading
 import time
 
 import pytest
-from helpers import smollm2, write_config
+from helpers import collect, job_for, smollm2, write_config
 from worker_faults import Fault, registry_with_fault
 
 from bot.app import build_app
 from bot.config import load_settings
-from bot.worker import GenerationFailed, GenerationJob, WorkerBusy
+from bot.worker import GenerationFailed, WorkerBusy
 from bot.worker.memory import process_rss_bytes
 
 PROMPTS = [
@@ -25,20 +25,6 @@ PROMPTS = [
 def make_app(tmp_path, models=None, registry=None, **worker):
     settings = load_settings(write_config(tmp_path, models or [smollm2()], worker=worker, max_resident_models=2))
     return build_app(settings, registry)
-
-
-async def job_for(app, text: str, user: str, model: str = "smollm2", **settings) -> GenerationJob:
-    spec = app.catalog.spec(model)
-    prompt = await asyncio.to_thread(app.catalog.prompt, spec, [{"role": "user", "content": text}])
-    info = app.catalog.tokenizer(spec)
-    merged = {**app.catalog.generation_settings(spec, info.model_type), **settings}
-    stop_ids = merged.pop("stop_token_ids", prompt.stop_token_ids)
-    return GenerationJob(model=model, input_ids=prompt.input_ids, stop_token_ids=stop_ids, settings=merged,
-                         user=user, channel=f"channel-{user}")
-
-
-async def collect(stream) -> str:
-    return "".join([delta async for delta in stream])
 
 
 def test_concurrent_jobs_batch_fairly_and_match_one_at_a_time(tmp_path):

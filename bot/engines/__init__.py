@@ -5,6 +5,10 @@ back a `GenerationStream` of text deltas with queue positions, progress and fina
 `local` (the in-process worker, bot/worker/) and `openai` (remote OpenAI-compatible
 servers, bot/engines/openai/) are two engines; a plugin adds more through the
 `register_engines` hook with an `EngineType`.
+
+Beyond the contract, an engine may offer `async preload(model)` (load it at start, config
+`preload:`) and `reserve(user)` / `release(user)` (a command such as /compare counts as one
+of the user's requests); the router calls them where they exist.
 """
 
 from __future__ import annotations

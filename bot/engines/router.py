@@ -9,8 +9,9 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from bot.catalog import UnknownModel
 from bot.engines import Engine, EngineContext
@@ -26,6 +27,7 @@ class Engines:
         self.by_model = by_model
         self.stats_path = stats_path
         self._writer: asyncio.Task | None = None
+        self._closed = False
         if stats_path is not None:
             self._writer = asyncio.get_running_loop().create_task(self._write_stats_every(STATS_WRITE_SECONDS))
 
@@ -64,6 +66,48 @@ class Engines:
     def ready_models(self) -> list[str]:
         return [name for engine in self.all() for name in engine.ready_models()]
 
+    async def preload(self, names: Iterable[str], progress: Callable[[str], None]) -> None:
+        """Load each model on its engine before anything asks for it (config `preload:`), with
+        one progress line per model. An engine without `preload` (a remote server's) has nothing
+        to load; a model that fails to load is reported and loads on first use instead."""
+        loaded: list[str] = []
+        for name in names:
+            engine = self.for_model(name)
+            load = getattr(engine, "preload", None)
+            if load is None:
+                progress(f"preload: {name} runs on the {engine.kind} engine: nothing to load")
+                continue
+            started = time.monotonic()
+            try:
+                await load(name)
+            except Exception as exc:  # noqa: BLE001 - the bot can still start; the model loads when asked
+                log.debug("preloading %s failed", name, exc_info=True)
+                progress(f"preload: {name} could not be loaded ({exc}); it will load on first use")
+                continue
+            progress(f"preload: {name} loaded in {time.monotonic() - started:.1f} s")
+            loaded.append(name)
+        ready = set(self.ready_models())
+        dropped = [name for name in loaded if name not in ready]
+        if dropped:
+            progress(f"preload: {', '.join(dropped)} did not stay loaded: the memory budget or "
+                     "max_resident_models holds fewer models than preload lists")
+
+    @contextmanager
+    def reserve(self, user: str, models: Iterable[str]) -> Iterator[None]:
+        """While a command runs these models in turn (/compare, /layers), it counts as one request
+        of `user` on each engine involved; raises WorkerBusy where the user is at the cap.
+        Jobs it submits meanwhile carry `reserved=True`."""
+        held: list[Engine] = []
+        try:
+            for engine in {id(e): e for e in map(self.for_model, models)}.values():
+                if hasattr(engine, "reserve"):
+                    engine.reserve(user)
+                    held.append(engine)
+            yield
+        finally:
+            for engine in held:
+                engine.release(user)
+
     def snapshot(self) -> dict[str, Any]:
         """The local engine's figures at the top level (as /stats always showed them), every
         other engine under "engines"."""
@@ -77,6 +121,10 @@ class Engines:
         return snapshot
 
     async def close(self) -> None:
+        """Close every engine once (a stop in order closes them before the app closes)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._writer is not None:
             self._writer.cancel()
         results = await asyncio.gather(*(engine.close() for engine in self.all()), return_exceptions=True)

@@ -92,7 +92,7 @@ class DiscordFrontend:
         point_discord_py_at(settings)
         _quiet_voice_warning()
         self.places = Places(frozenset(str(c) for c in settings.channels), settings.allow_dms)
-        self.intake = Intake(host, frontend="discord", model_switch=settings.model_switch)
+        self.intake = Intake(host, frontend="discord", model_switch=settings.model_switch, compare=settings.compare)
         self._channel_writes = KeyedWindows(settings.writes_per_channel, settings.write_window, "discord channel")
         self._bot_writes = WriteWindow(BOT_WRITES_PER_SECOND, 1.0, "discord bot-wide")
         intents = discord.Intents.default()
@@ -111,6 +111,13 @@ class DiscordFrontend:
 
             async def on_ready(self) -> None:
                 log.info("discord: logged in as %s (%s)", self.user, self.user.id if self.user else "?")
+                frontend.host.readiness.connected("discord", True)
+
+            async def on_disconnect(self) -> None:  # discord.py reconnects by itself: not ready meanwhile
+                frontend.host.readiness.connected("discord", False)
+
+            async def on_resumed(self) -> None:
+                frontend.host.readiness.connected("discord", True)
 
         # no model text (nor an echoed argument) ever pings anyone; a reply does not ping the asker
         self.client = Client(intents=intents, chunk_guilds_at_startup=False, guild_ready_timeout=0.5,
@@ -123,8 +130,14 @@ class DiscordFrontend:
     async def run(self) -> None:
         await self.client.start(self.settings.token)
 
+    async def drain(self, timeout: float = SHUTDOWN_TIMEOUT) -> int:
+        """Take no new questions; end each answer in progress with the shutdown notice.
+        Returns how many answers ran out of time."""
+        return await self.intake.shutdown(timeout)
+
     async def close(self) -> None:
-        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # each answer says so before the connection goes
+        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # a no-op after drain(); otherwise each answer says so first
+        self.host.readiness.connected("discord", False)
         await self.client.close()
 
     def budget(self, channel_id: Any) -> WriteBudget:
@@ -222,7 +235,8 @@ class DiscordFrontend:
             for option in spec.options:
                 if option.model_name:
                     command.autocomplete(option.name)(complete_model)
-            if spec.switches_model and self.settings.model_switch == "admins":
+            if ((spec.switches_model and self.settings.model_switch == "admins")
+                    or (spec.name == "compare" and self.settings.compare == "admins")):
                 # hidden from members without Manage Server; a server can grant it per role
                 command.default_permissions = discord.Permissions(manage_guild=True)
             self.tree.add_command(command)

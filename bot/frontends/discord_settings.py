@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ConfigError
-from bot.frontends.section import flag, model_switch, read_section, seconds, whole_number
+from bot.frontends.section import flag, model_switch, read_section, seconds, who_may, whole_number
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
@@ -23,6 +23,7 @@ class DiscordSettings:
     channels: tuple[int, ...] = ()  # answer only here (and in their threads); empty: everywhere
     admins: frozenset[int] = field(default_factory=frozenset)  # user or role ids
     model_switch: str = "everyone"  # everyone | admins
+    compare: str = "everyone"  # everyone | admins: who may run /compare (it loads every model in turn)
     allow_dms: bool = False
     edit_interval: float = 1.0  # seconds between edits of a streamed reply
     message_limit: int = 2000  # Discord's; lower only to test splitting
@@ -34,7 +35,7 @@ class DiscordSettings:
 
 def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
     known = {"enabled", "token", "api_base", "gateway_url", "guilds", "channels", "admins", "model_switch",
-             "allow_dms", "edit_interval", "message_limit", "writes_per_channel", "write_window"}
+             "compare", "allow_dms", "edit_interval", "message_limit", "writes_per_channel", "write_window"}
     raw = read_section("discord", section, _ENV_OVERRIDES, known)
     settings = DiscordSettings(
         enabled=flag(raw.get("enabled", False)),
@@ -45,6 +46,7 @@ def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
         channels=_ids(raw.get("channels"), "channels"),
         admins=frozenset(_ids(raw.get("admins"), "admins")),
         model_switch=model_switch(raw, "discord"),
+        compare=who_may(raw, "discord", "compare"),
         allow_dms=flag(raw.get("allow_dms", False)),
         edit_interval=seconds(raw, "discord", "edit_interval", 1.0),
         message_limit=whole_number(raw, "discord", "message_limit", 2000, 100, 2000),

@@ -4,8 +4,8 @@ done", the same steps on every platform.
 A frontend decides whether a platform event is addressed to the bot (mentions, threads,
 DMs: each platform has its own rules) and builds a Question and a reply for it. The intake
 then: checks the place (`channels:`, `allow_dms`), posts the placeholder, remembers the
-task so that a deleted question or a shutdown can stop it, refuses a model switch by a
-non-admin, reads the history only when the model needs it, and hands the rest to the host.
+task so that a deleted question or a shutdown can stop it, refuses a model switch or a
+/compare by a non-admin where the config says so, reads the history only when the model needs it, and hands the rest to the host.
 However it ends (answered, failed, deleted, stopped), the reply is closed with a clear last
 word, and a reply deleted under the bot ends quietly.
 """
@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.commands import model_switch_refusal
+from bot.commands import compare_refusal, model_switch_refusal
 from bot.host import ChatEvent, Host
 from bot.reply import Reply, ReplyGone, notice
+from bot.write_budget import write_waits
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,23 @@ class ChatReply(Reply, Protocol):
 
 
 class Intake:
-    def __init__(self, host: Host, *, frontend: str, model_switch: str):
+    def __init__(self, host: Host, *, frontend: str, model_switch: str, compare: str = "everyone"):
         self.host = host
         self.frontend = frontend
         self.model_switch = model_switch
+        self.compare = compare  # everyone | admins: who may run /compare
         self.accepting = True
         self._answering: dict[Hashable, tuple[asyncio.Task, Any]] = {}
         self._stop_reasons: dict[Hashable, str] = {}
+        self._write_waits = host.metrics.write_wait_observer(frontend) if host.metrics else None
 
     async def answer(self, question: Question, reply: ChatReply) -> None:
         """Answer one question through `reply`, whatever happens."""
+        write_waits.set(self._write_waits)  # this answer's rate-limit waits count for this frontend
         if not self.accepting or not await reply.start():
+            return
+        if not self.accepting:  # the bot began to stop while the placeholder was being posted
+            await _close(reply, f"stopped: {SHUTTING_DOWN}")
             return
         self._answering[question.key] = (asyncio.current_task(), reply)
         try:
@@ -101,7 +108,8 @@ class Intake:
         await _close(reply)
 
     async def _handle(self, question: Question, reply: ChatReply) -> None:
-        refusal = model_switch_refusal(question.text, self.model_switch, question.is_admin)
+        refusal = (model_switch_refusal(question.text, self.model_switch, question.is_admin)
+                   or compare_refusal(question.text, self.compare, question.is_admin))
         if refusal:
             await notice(reply, refusal)
             return
@@ -109,7 +117,8 @@ class Intake:
         history = await question.read_history() if wants_history else []
         if question.host_keeps_history:
             history = None
-        event = ChatEvent(channel=question.channel, user=question.user, text=question.text, history=history)
+        event = ChatEvent(channel=question.channel, user=question.user, text=question.text, history=history,
+                          frontend=self.frontend)
         await self.host.handle(event, reply)
 
     def stop(self, key: Hashable, why: str = DELETED) -> None:
@@ -119,16 +128,16 @@ class Intake:
             self._stop_reasons[key] = why
             answering[0].cancel()
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
+    async def shutdown(self, timeout: float = 10.0) -> int:
         """Take no new questions; end every answer in progress with a notice, waiting at most
-        `timeout` seconds for the notices to be written."""
+        `timeout` seconds for the notices to be written. Returns how many ran out of time."""
         self.accepting = False
         answering = dict(self._answering)
         for key, (task, _) in answering.items():
             self._stop_reasons[key] = SHUTTING_DOWN
             task.cancel()
         if not answering:
-            return
+            return 0
         _, late = await asyncio.wait([task for task, _ in answering.values()], timeout=timeout)
         for task, reply in answering.values():
             if task in late:
@@ -136,6 +145,7 @@ class Intake:
                 task.cancel()
         if late:
             log.warning("%s: %d answers could not be closed in time", self.frontend, len(late))
+        return len(late)
 
 
 async def _close(reply: ChatReply, stopped: str | None = None) -> None:

@@ -87,6 +87,14 @@ class MessageReplyBase:
     async def close(self, stopped: str | None = None) -> None:
         """The host is done (or was stopped, saying why): end any stream it left open, and wait
         until the platform shows the end of each."""
+        if stopped and not any(stream.started for stream in self._streams):
+            # nothing of this answer is on the platform (a status only, where the platform has
+            # one): the reason it stopped is its answer
+            try:
+                await self._take_stream().fail(stopped)
+            except ReplyGone:
+                pass
+            return
         for stream in self._streams:
             if not stream.started or stream.broken:
                 continue

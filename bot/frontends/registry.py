@@ -20,7 +20,11 @@ class Frontend(Protocol):
         """Connect and answer until closed; raise with a clear message if it cannot connect."""
 
     async def close(self) -> None:
-        """End the answers in progress with a notice, then disconnect."""
+        """End the answers in progress with a notice (unless drain() did), then disconnect."""
+
+    # optional: `async def drain(self, timeout: float) -> None` takes no new questions and ends
+    # each answer in progress with the shutdown notice; a stop in order (bot/service.py) calls it
+    # before the engines close, and close() after them.
 
 
 @dataclass(frozen=True)

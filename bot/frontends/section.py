@@ -27,11 +27,16 @@ def flag(value: Any) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
-def model_switch(raw: dict[str, Any], name: str) -> str:
-    value = str(raw.get("model_switch", "everyone")).lower()
+def who_may(raw: dict[str, Any], name: str, key: str) -> str:
+    """`everyone` or `admins`: who may use a command (model_switch, compare)."""
+    value = str(raw.get(key, "everyone")).lower()
     if value not in ("everyone", "admins"):
-        raise ConfigError(f"{name}.model_switch: must be everyone or admins (got {value!r})")
+        raise ConfigError(f"{name}.{key}: must be everyone or admins (got {value!r})")
     return value
+
+
+def model_switch(raw: dict[str, Any], name: str) -> str:
+    return who_may(raw, name, "model_switch")
 
 
 def seconds(raw: dict[str, Any], name: str, key: str, default: float) -> float:

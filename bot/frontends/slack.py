@@ -89,7 +89,7 @@ class SlackFrontend:
                             request_verification_enabled=settings.mode == "http")
         self.workspace = Workspace(self.client, settings, SlackBudgets(settings))
         self.places = Places(frozenset(settings.channels), settings.allow_dms)
-        self.intake = Intake(host, frontend="slack", model_switch=settings.model_switch)
+        self.intake = Intake(host, frontend="slack", model_switch=settings.model_switch, compare=settings.compare)
         self.bot_user_id = ""
         self.bot_id = ""
         self._handled = _Recent()  # (channel, ts) of messages answered, and commands: retries and replays
@@ -128,10 +128,17 @@ class SlackFrontend:
             self.port = self._runner.addresses[0][1]  # the one bound, where the setting is 0
             log.info("slack: serving the request URL at http://%s:%s%s", self.settings.host, self.port,
                      self.settings.path)
+        self.host.readiness.connected("slack", True)  # Socket Mode's reconnects are slack_sdk's own
         await self._stopped.wait()
 
+    async def drain(self, timeout: float = SHUTDOWN_TIMEOUT) -> int:
+        """Take no new questions; end each answer in progress with the shutdown notice.
+        Returns how many answers ran out of time."""
+        return await self.intake.shutdown(timeout)
+
     async def close(self) -> None:
-        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # each answer says so before the connection goes
+        await self.intake.shutdown(SHUTDOWN_TIMEOUT)  # a no-op after drain(); otherwise each answer says so first
+        self.host.readiness.connected("slack", False)
         self._stopped.set()
         if self._socket is not None:
             await self._socket.close_async()

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ConfigError
-from bot.frontends.section import flag, model_switch, read_section, seconds, whole_number
+from bot.frontends.section import flag, model_switch, read_section, seconds, who_may, whole_number
 
 DEFAULT_API_BASE = "https://slack.com/api/"
 _ENV_OVERRIDES = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN",
                   "signing_secret": "SLACK_SIGNING_SECRET", "api_base": "SLACK_API_BASE", "port": "SLACK_PORT"}
 _KNOWN = {"enabled", "mode", "bot_token", "app_token", "signing_secret", "api_base", "host", "port", "path",
-          "channels", "admins", "model_switch", "edit_interval", "message_limit", "rate_limit_retries",
+          "channels", "admins", "model_switch", "compare", "edit_interval", "message_limit", "rate_limit_retries",
           "edits_per_minute", "allow_dms", "streaming", "stream_starts_per_minute", "stream_appends_per_minute"}
 
 
@@ -30,6 +30,7 @@ class SlackSettings:
     channels: tuple[str, ...] = ()  # answer only here; empty: every channel the app is in
     admins: frozenset[str] = field(default_factory=frozenset)  # user ids (U…)
     model_switch: str = "everyone"  # everyone | admins
+    compare: str = "everyone"  # everyone | admins: who may run /compare (it loads every model in turn)
     edit_interval: float = 1.5  # chat.update is Tier 3 (~50/min): one edit per 1.5 s per message
     message_limit: int = 3500  # a streamed message continues in a new one past this
     rate_limit_retries: int = 5  # 429s waited out (Retry-After) before giving up
@@ -60,6 +61,7 @@ def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
         channels=_ids(raw.get("channels"), "channels"),
         admins=frozenset(_ids(raw.get("admins"), "admins")),
         model_switch=model_switch(raw, "slack"),
+        compare=who_may(raw, "slack", "compare"),
         edit_interval=seconds(raw, "slack", "edit_interval", 1.5),
         message_limit=whole_number(raw, "slack", "message_limit", 3500, 100, 3900),
         rate_limit_retries=whole_number(raw, "slack", "rate_limit_retries", 5, 0, 100),

@@ -6,8 +6,13 @@ sure their model is loaded (residency), and runs them:
   same model arrives, the first one stops at the next token and both continue together;
 - concurrent jobs through one continuous batch, joining and leaving it at any step, up to
   `max_batch` at once.
-While a job for another model waits at the head of the queue, the running batch takes no
-new jobs, so it drains and the other model gets its turn. Tokens reach the event loop
+While a job for another model is next, the running batch takes no new jobs, so it drains
+and the other model gets its turn. Which job is next is the fair queue's order, except that
+a model that must be swapped in (no room beside the loaded ones) waits while the loaded
+models have jobs waiting, for at most `swap_after` seconds (from its job's queuing, or from
+the last swap if that came later): two busy channels on two models take turns of about
+`swap_after` seconds instead of reloading for every answer (`_next_job`). A model nobody used
+for its `keep_alive` is unloaded (`_unload_idle`). Tokens reach the event loop
 through each job's stream (`call_soon_threadsafe`); a failing job ends with a message and
 the loop carries on.
 """
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bot.catalog import ModelCatalog
 from bot.config import ModelSpec, WorkerSettings
+from bot.errors import UserFacingError
 from bot.fair_queue import FairQueue
 from bot.generation import (
     GenerationFailed, GenerationJob, GenerationStream, GenerationTimedOut, InvalidScores, OutOfMemory,
@@ -89,6 +95,7 @@ class Worker:
         self._drained_at = 0.0  # when the running batch last ran out of jobs
         self._starting = False  # between a model being ready and its first job running
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
+        self._last_used: dict[str, float] = {}  # model -> when its last job or call ended (keep_alive)
         self._wake = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="modelbot-worker", daemon=True)
@@ -124,6 +131,18 @@ class Worker:
         self._wake.set()
         return await call.future
 
+    async def preload(self, model: str) -> None:
+        """Load `model` now (at start), through the worker thread like any job."""
+        await self.call(model, lambda loaded: None)
+
+    def reserve(self, user: str) -> None:
+        """A command running models in turn (/compare, /layers) counts as one request of `user`
+        until release(); raises WorkerBusy when the user is at the cap."""
+        self.queue.reserve(user)
+
+    def release(self, user: str) -> None:
+        self.queue.release(user)
+
     def loaded_names(self) -> list[str]:
         return self.residency.names() if self.residency else []
 
@@ -153,7 +172,10 @@ class Worker:
         for stream in self.active_jobs():
             stream.cancel()
         self._wake.set()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        # polled, not joined in an executor thread: a caller's timeout must be able to give up
+        # on a model still loading without leaving a thread that the interpreter's exit waits for
+        while self._thread.is_alive():
+            await asyncio.sleep(0.02)
 
     def snapshot(self) -> dict[str, Any]:
         """What /stats shows: models and memory, queue, recent speed (any thread)."""
@@ -176,6 +198,8 @@ class Worker:
             "last_eviction": None if eviction is None else {
                 "model": eviction.name, "expected_bytes": eviction.expected_bytes, "freed_bytes": eviction.freed_bytes,
             },
+            "loads_by_model": self.residency.loads_by_model() if self.residency else {},
+            "evictions_by_model": self.residency.evictions_by_model() if self.residency else {},
         }
 
     # -- worker thread ------------------------------------------------------------------------
@@ -204,10 +228,33 @@ class Worker:
         self._run_calls()
         if self._running:
             self._step_batch()
-        elif (head := self.queue.peek()) is not None:
+        elif (head := self._next_job()) is not None:
             self._start(head)
         else:
             self._close_idle_batch()
+        self._unload_idle()
+
+    def _next_job(self) -> GenerationStream | None:
+        """The job to serve next: the fair queue's, unless its model would have to be swapped in
+        (no room beside the loaded models) while jobs for a loaded model wait. Then the loaded
+        model's jobs go first, until a job for another model has waited `swap_after` seconds
+        since it was queued, or since the last model was swapped in if that came later (so
+        that a backlog on both sides swaps every `swap_after` seconds, not after every answer):
+        its model is next. Fairness within a model stays the queue's."""
+        order = self.queue.waiting()
+        if not order or self.residency is None:
+            return order[0] if order else None
+        head = order[0]
+        loaded = set(self.residency.names())
+        if not loaded or head.job.model in loaded or self.residency.has_room_for(head.job.model):
+            return head
+        now, turn_began = time.monotonic(), self.residency.last_load_at
+        overdue = [s for s in order if s.job.model not in loaded
+                   and now - max(s.submitted, turn_began) >= self.settings.swap_after]
+        if overdue:
+            longest = min(overdue, key=lambda s: s.submitted)
+            return next(s for s in order if s.job.model == longest.job.model)
+        return next((s for s in order if s.job.model in loaded), head)
 
     def _close_idle_batch(self) -> None:
         """On a CPU, stop a drained batch once the worker has been idle for a moment: its idle
@@ -220,8 +267,9 @@ class Worker:
             self._close_session()
 
     def _housekeeping(self) -> None:
-        """While plain generate holds the thread: end jobs cancelled in the queue."""
+        """While plain generate holds the thread: end jobs cancelled in the queue, unload idle models."""
         self._end_cancelled_waiting()
+        self._unload_idle()
 
     def _set_up(self) -> None:
         device = self.loader.device
@@ -311,7 +359,7 @@ class Worker:
         """Fill free batch slots with waiting jobs of the same batch, in fair order."""
         if self._session is None:
             return
-        head = self.queue.peek()
+        head = self._next_job()
         if head is not None and head.job.batch_key() != self._session_key:
             return  # someone else is next: let this batch drain
         if any(call.model != self._session_model for call in self._calls):
@@ -390,7 +438,8 @@ class Worker:
                 error: str | GenerationFailed | None = None) -> None:
         # the books first, then the stream's end: a /stats right after a reply must count it
         self._running.pop(running.job.id, None)
-        self.queue.job_ended(running.job.user)
+        self._last_used[running.job.model] = time.monotonic()
+        self.queue.job_ended(running.job.user, running.job.reserved)
         with self._streams_lock:
             self._streams.pop(running.job.id, None)
         if error is not None:
@@ -436,15 +485,35 @@ class Worker:
             return None  # the models in use finish first; the job stays queued
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its jobs, not the bot
             message = _describe_failure(exc)
-            log.error("loading %s failed: %s", model, message, exc_info=not isinstance(exc, GenerationFailed))
+            # a warning: every job waiting for it is told; the traceback is for -v
+            log.warning("loading %s failed: %s", model, message, exc_info=not isinstance(exc, GenerationFailed))
             if is_out_of_memory(exc):
                 release_freed_memory()
             while (stream := self.queue.take(waiting_for_it)) is not None:
-                self.queue.job_ended(stream.job.user)
+                self.queue.job_ended(stream.job.user, stream.job.reserved)
                 self._end_waiting(stream, error=message)
             return None
         finally:
             self._loading.pop(model, None)
+
+    def _unload_idle(self) -> None:
+        """keep_alive: unload a model unused (no job running or waiting, no call) for its
+        keep_alive seconds, through the same eviction that checks the memory came back."""
+        if self.residency is None:
+            return
+        now = time.monotonic()
+        for name in self.residency.names():
+            keep_alive = self.catalog.settings.keep_alive(name)
+            if keep_alive == math.inf:
+                continue
+            idle = now - self._last_used.setdefault(name, now)
+            if idle < keep_alive or name in self._busy_models() or name in {c.model for c in list(self._calls)}:
+                continue
+            if self.queue.has(lambda s: s.job.model == name):
+                continue
+            log.info("unloading %s: unused for %.1f s (keep_alive %g s)", name, idle, keep_alive)
+            self.residency.evict(name)
+            self._last_used.pop(name, None)
 
     def _busy_models(self) -> set[str]:
         return {r.job.model for r in self._running.values()}
@@ -459,6 +528,7 @@ class Worker:
             try:
                 loaded = self.residency.ensure(call.model, call.progress, busy=busy)
                 call.resolve(call.fn(loaded))
+                self._last_used[call.model] = time.monotonic()
             except NoRoomYet:
                 self._calls.append(call)
             except Exception as exc:  # noqa: BLE001 - the caller gets the error
@@ -518,6 +588,8 @@ def _describe_failure(exc: BaseException) -> GenerationFailed:
         return InvalidScores("the model produced invalid numbers (NaN) and the reply was stopped; please try again")
     if isinstance(exc, GenerationFailed):
         return exc
+    if isinstance(exc, UserFacingError):  # already says what and why (a model's files, ...)
+        return GenerationFailed(str(exc))
     return GenerationFailed(f"generation failed ({type(exc).__name__}: {exc})")
 
 

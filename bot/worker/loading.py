@@ -68,6 +68,7 @@ class ModelLoader:
         return resolved.location
 
     def load(self, spec: ModelSpec, progress: Callable[[str], None] = log.info) -> LoadedModel:
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
 
         started = time.monotonic()
@@ -82,7 +83,10 @@ class ModelLoader:
             kwargs["quantization_config"] = recipe.quantization_config
         kwargs["device_map"] = self.device
         with explained_load_errors(spec, self.catalog.resolved(spec)):
-            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+            except SafetensorError as exc:  # a damaged weights file: say which model, like a missing one
+                raise ValueError(f"its weights cannot be read ({exc})") from exc
         model.eval()
         backend.prepare_model(model, info.model_type)
         loaded = LoadedModel(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +67,11 @@ class Residency:
         self._known_sizes: dict[str, int] = {}  # measured footprints of models loaded before
         self.last_eviction: Eviction | None = None
         self.loads = 0  # completed loads, for stats and tests
+        self.last_load_at = 0.0  # time.monotonic() of the latest completed load (the engine's swap turns)
+        self._loads_by_model: Counter[str] = Counter()
+        self._evictions_by_model: Counter[str] = Counter()
         self._snapshot: list[dict[str, Any]] = []
+        self._counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
     # -- any thread -------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
@@ -75,6 +79,14 @@ class Residency:
 
     def names(self) -> list[str]:
         return [entry["name"] for entry in self._snapshot]
+
+    def loads_by_model(self) -> dict[str, int]:
+        """Completed loads per model since start, unloaded models included."""
+        return dict(self._counts[0])
+
+    def evictions_by_model(self) -> dict[str, int]:
+        """Unloads per model since start (to make room, for keep_alive, at shutdown)."""
+        return dict(self._counts[1])
 
     # -- worker thread ----------------------------------------------------------------------
     def get(self, name: str) -> LoadedModel | None:
@@ -87,6 +99,14 @@ class Residency:
 
     def used(self) -> int:
         return sum(r.total for r in self._resident.values())
+
+    def has_room_for(self, name: str) -> bool:
+        """Whether `name` would load beside the resident models without unloading one (a model
+        never loaded counts by number only: its size is known after its first load)."""
+        if name in self._resident:
+            return True
+        need = self._known_sizes.get(name, 0)
+        return len(self._resident) < self.max_resident and self.used() + need <= self.budget
 
     def set_extra(self, name: str, extra_bytes: int) -> None:
         if name in self._resident:
@@ -129,6 +149,8 @@ class Residency:
                     ) from retry_exc
                 raise
         self.loads += 1
+        self._loads_by_model[name] += 1
+        self.last_load_at = time.monotonic()
         resident = Resident(loaded, loaded.footprint_bytes(), last_used=time.time())
         self._known_sizes[name] = resident.footprint
         self._resident[name] = resident
@@ -142,10 +164,11 @@ class Residency:
 
     def evict(self, name: str) -> Eviction:
         resident = self._resident.pop(name)
+        self._evictions_by_model[name] += 1
         self._publish()
-        self.on_evict(resident.loaded)
-        before = used_bytes(self.loader.device)
+        before = used_bytes(self.loader.device)  # before its batch (and KV cache) stops: both are expected back
         expected = resident.total
+        self.on_evict(resident.loaded)
         log.info("unloading %s (%s)", name, human_bytes(expected))
         resident.loaded.model = None
         del resident
@@ -190,10 +213,15 @@ class Residency:
         return int(parameters * per_parameter)
 
     def _publish(self) -> None:
+        self._counts = (dict(self._loads_by_model), dict(self._evictions_by_model))
         self._snapshot = [
-            {"name": name, "footprint_bytes": r.footprint, "cache_bytes": r.extra, "last_used": r.last_used}
+            {"name": name, "footprint_bytes": r.footprint, "cache_bytes": r.extra, "last_used": r.last_used,
+             "loads": self._loads_by_model[name], "evictions": self._evictions_by_model[name]}
             for name, r in self._resident.items()
         ]
+
+
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit
 
 
 def _count_parameters(directory: Path) -> int:
@@ -203,6 +231,8 @@ def _count_parameters(directory: Path) -> int:
         try:
             with path.open("rb") as handle:
                 size = int.from_bytes(handle.read(8), "little")
+                if size > MAX_SAFETENSORS_HEADER:
+                    continue  # not a safetensors file (a broken download): the load itself will say so
                 header = json.loads(handle.read(size))
         except (OSError, ValueError):
             continue

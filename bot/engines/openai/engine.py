@@ -68,6 +68,13 @@ class OpenAIEngine:
     def active_jobs(self, channel: str | None = None) -> list[GenerationStream]:
         return [s for s in self._streams.values() if channel is None or s.job.channel == channel]
 
+    def reserve(self, user: str) -> None:
+        """/compare or /layers in progress: one request of `user` until release() (WorkerBusy at the cap)."""
+        self.queue.reserve(user)
+
+    def release(self, user: str) -> None:
+        self.queue.release(user)
+
     def generating(self) -> bool:
         return bool(self._tasks)
 
@@ -144,7 +151,7 @@ class OpenAIEngine:
     def _ended(self, stream: GenerationStream) -> None:
         self._tasks.pop(stream.job.id, None)
         self._streams.pop(stream.job.id, None)
-        self.queue.job_ended(stream.job.user)
+        self.queue.job_ended(stream.job.user, stream.job.reserved)
         self._wake.set()
 
     # -- one job -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,7 +57,7 @@ def parse_options(entry: dict[str, Any], where: str) -> OpenAIOptions:
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise ConfigError(f"{where}.max_concurrency: must be a whole number >= 1 (got {concurrency!r})")
     timeout = entry.get("request_timeout", 120.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ConfigError(f"{where}.request_timeout: must be a number of seconds > 0 (got {timeout!r})")
     return OpenAIOptions(base_urls=base_urls, api=api, served_model=served, max_concurrency=concurrency,
                          request_timeout=float(timeout), api_key=api_key)
