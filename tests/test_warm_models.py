@@ -310,3 +310,29 @@ def test_compare_admins_refuses_a_non_admin_at_the_intake(tmp_path):
     assert not active and loads == 0  # nothing was asked of the model
 
 
+
+
+def test_swap_turns_serve_the_loaded_model_first_until_another_is_overdue():
+    from bot.worker.turns import next_job
+
+    async def run():
+        def waiting(model: str, submitted: float) -> GenerationStream:
+            stream = GenerationStream(GenerationJob(model, [1], [], {}, user=model))
+            stream.submitted = submitted
+            return stream
+
+        gemma_first, smol_next = waiting("gemma", 100.0), waiting("smol", 101.0)
+        order = [gemma_first, smol_next]  # the fair queue's order: gemma's job came first
+        no_room = lambda model: False  # noqa: E731 - only one model fits
+
+        def pick(now: float, loaded=frozenset({"smol"}), turn_began: float = 0.0, room=no_room):
+            return next_job(order, set(loaded), room, turn_began, 30.0, now)
+
+        assert pick(now=110.0) is smol_next  # gemma would need a swap: smol's waiting job goes first
+        assert pick(now=130.0) is gemma_first  # gemma's job waited swap_after (30 s): its turn
+        assert pick(now=130.0, turn_began=120.0) is smol_next  # ...counted from the last swap if later
+        assert pick(now=110.0, room=lambda model: True) is gemma_first  # room for both: plain fair order
+        assert pick(now=110.0, loaded=frozenset()) is gemma_first  # nothing loaded: nothing to keep
+        assert next_job([], {"smol"}, no_room, 0.0, 30.0, 110.0) is None
+
+    asyncio.run(run())

@@ -11,7 +11,7 @@ and the other model gets its turn. Which job is next is the fair queue's order, 
 a model that must be swapped in (no room beside the loaded ones) waits while the loaded
 models have jobs waiting, for at most `swap_after` seconds (from its job's queuing, or from
 the last swap if that came later): two busy channels on two models take turns of about
-`swap_after` seconds instead of reloading for every answer (`_next_job`). A model nobody used
+`swap_after` seconds instead of reloading for every answer (bot/worker/turns.py). A model nobody used
 for its `keep_alive` is unloaded (`_unload_idle`). Tokens reach the event loop
 through each job's stream (`call_soon_threadsafe`); a failing job ends with a message and
 the loop carries on.
@@ -42,6 +42,7 @@ from bot.worker.memory import device_total_bytes, is_out_of_memory, release_free
 from bot.worker.plain import NonFiniteLogits, run_plain
 from bot.worker.residency import NoRoomYet, Residency
 from bot.worker.running import RunningJob
+from bot.worker.turns import next_job
 
 if TYPE_CHECKING:
     from bot.inspect import LayerReport
@@ -235,26 +236,12 @@ class Worker:
         self._unload_idle()
 
     def _next_job(self) -> GenerationStream | None:
-        """The job to serve next: the fair queue's, unless its model would have to be swapped in
-        (no room beside the loaded models) while jobs for a loaded model wait. Then the loaded
-        model's jobs go first, until a job for another model has waited `swap_after` seconds
-        since it was queued, or since the last model was swapped in if that came later (so
-        that a backlog on both sides swaps every `swap_after` seconds, not after every answer):
-        its model is next. Fairness within a model stays the queue's."""
+        """The job to serve next: the fair queue's, with swap turns (bot/worker/turns.py)."""
         order = self.queue.waiting()
-        if not order or self.residency is None:
+        if self.residency is None:
             return order[0] if order else None
-        head = order[0]
-        loaded = set(self.residency.names())
-        if not loaded or head.job.model in loaded or self.residency.has_room_for(head.job.model):
-            return head
-        now, turn_began = time.monotonic(), self.residency.last_load_at
-        overdue = [s for s in order if s.job.model not in loaded
-                   and now - max(s.submitted, turn_began) >= self.settings.swap_after]
-        if overdue:
-            longest = min(overdue, key=lambda s: s.submitted)
-            return next(s for s in order if s.job.model == longest.job.model)
-        return next((s for s in order if s.job.model in loaded), head)
+        return next_job(order, set(self.residency.names()), self.residency.has_room_for,
+                        self.residency.last_load_at, self.settings.swap_after, time.monotonic())
 
     def _close_idle_batch(self) -> None:
         """On a CPU, stop a drained batch once the worker has been idle for a moment: its idle
