@@ -144,8 +144,9 @@ async def cmd_console(settings: Settings, args) -> int:
     async def body(app):
         if args.model:
             app.host.set_channel_model(CHANNEL, args.model, persist=False)
-        await app.engines.preload(app.settings.preload, lambda line: print(f"modelbot: {line}", file=sys.stderr))
-        return await _serve(app, [ConsoleFrontend(app.host)])
+        stop = _stop_on_signals()
+        await _preload(app, stop)
+        return await _serve(app, [ConsoleFrontend(app.host)], stop)
 
     return await _with_app(settings, body, service=True)
 
@@ -265,25 +266,40 @@ async def cmd_run(settings: Settings, args) -> int:
         kind.check_ready(parsed[name])
 
     async def body(app):
+        stop = _stop_on_signals()  # from here on, a SIGTERM during a long preload stops cleanly too
         if app.settings.metrics is not None:  # before the preload: probes get answers during a long load
             from bot.health_server import start_health_server
             app.health_server = await start_health_server(app, app.settings.metrics, frontends=list(types))
-        await app.engines.preload(app.settings.preload, lambda line: print(f"modelbot: {line}", file=sys.stderr))
+        await _preload(app, stop)
         frontends = [kind.create(app.host, parsed[name]) for name, kind in types.items()]
-        return await _serve(app, frontends)
+        return await _serve(app, frontends, stop)
 
     return await _with_app(settings, body, service=True)
 
 
-async def _serve(app, frontends: list) -> int:
+def _stop_on_signals():
+    from bot.service import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    return stop
+
+
+async def _preload(app, stop) -> None:
+    """The config's `preload:` models, one stderr line each; a stop signal cuts it short."""
+    from bot.service import unless_stopped
+
+    await unless_stopped(app.engines.preload(app.settings.preload,
+                                             lambda line: print(f"modelbot: {line}", file=sys.stderr)), stop)
+
+
+async def _serve(app, frontends: list, stop) -> int:
     """Answer until SIGTERM/SIGINT (or until the frontends end), then stop in order
     (bot/service.py) and say how it went in one line."""
     import time
 
-    from bot.service import StopRequest, serve
+    from bot.service import serve
 
-    stop = StopRequest()
-    stop.install()
     report = await serve(app, frontends, stop, app.settings.shutdown_timeout)
     if report.signal_name:
         print(report.line(time.monotonic() - stop.requested_at), file=sys.stderr)

@@ -69,6 +69,21 @@ class StopReport:
         return f"modelbot: {why}stopped cleanly in {seconds:.1f} s"
 
 
+async def unless_stopped(work, stop: StopRequest) -> None:
+    """Await `work` (a preload), giving it up when a stop signal comes first."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.event.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()  # the engines' close ends what it started
+            await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled():
+        task.result()  # its own failure, as if awaited directly
+
+
 async def serve(app: Any, frontends: list[Any], stop: StopRequest, timeout: float) -> StopReport:
     """Run the frontends until a stop signal or until one of them ends (a failure to connect:
     re-raised once the others are stopped in order), then stop everything in order."""
@@ -108,9 +123,12 @@ async def stop_in_order(app: Any, frontends: list[Any], runs: list[asyncio.Task]
         except Exception as exc:  # noqa: BLE001 - one failing step must not keep the rest from running
             log.warning("shutdown: %s failed: %s", name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
-    # the answers get the first share of the time; closing the rest is quick
+    # the answers get most of the time (a busy Discord channel allows 5 writes per 5 s, so their
+    # last edits may queue); closing the engines and the connections takes a second or two
+    share = max(timeout * 0.6, timeout - 3.0, 0.1)
+
     async def end_answers() -> None:
-        late = sum(await asyncio.gather(*(_drain(frontend, max(timeout * 0.6, 0.1)) for frontend in frontends)))
+        late = sum(await asyncio.gather(*(_drain(frontend, share) for frontend in frontends)))
         if late:
             report.late.append(f"the notices of {late} answers")
 

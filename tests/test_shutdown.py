@@ -77,26 +77,30 @@ def test_discord_answers_in_progress_end_with_the_shutdown_notice(tmp_path, numb
             def answers():
                 return [[m for m in emu.bot_messages() if _answers(emu, m, p["id"])] for p in pushed]
 
-            def two_streaming_one_waiting():
+            def two_streaming_one_waiting():  # placeholders go out in any order: any two, any one
                 parts = answers()
-                streaming = sum(1 for p in parts if p and len(p[0].content) > 40 and not p[0].content.startswith("…"))
-                return parts if streaming == 2 and len(parts[2]) == 1 else None
+                if not all(parts):
+                    return None
+                shown = [p[0].content for p in parts]
+                streaming = [i for i, text in enumerate(shown)
+                             if len(text) > 40 and not text.startswith(("…", "queued")) and "\n-# " not in text]
+                waiting = [i for i, text in enumerate(shown) if text in ("…", "queued: 1st")]
+                return (streaming, waiting[0]) if len(streaming) == 2 and len(waiting) == 1 else None
 
-            before = await emu.wait_for(two_streaming_one_waiting, timeout=120)
-            waiting_shown = before[2][0].content
+            streaming, waiting = await emu.wait_for(two_streaming_one_waiting, timeout=120)
             result = await stop(bot, number)
-            return [[(m.content, m.history) for m in parts] for parts in answers()], waiting_shown, result, config
+            return [[(m.content, m.history) for m in parts] for parts in answers()], streaming, waiting, result, config
 
-    answers, waiting_shown, (returncode, seconds, _, stderr), config = asyncio.run(run())
+    answers, streaming, waiting, (returncode, seconds, _, stderr), config = asyncio.run(run())
     assert_clean_exit(returncode, seconds, stderr, number, load_settings(config).store_path)
-    assert waiting_shown in ("…", "queued: 1st")  # the third was waiting when the bot stopped
     for parts in answers:
         last, history = parts[-1]
         assert last.rstrip().endswith(NOTICE), last
-    for parts in answers[:2]:  # the text so far stays above the notice
-        content, history = parts[0]
-        streamed = [v["content"] for v in history if not v["content"].startswith("…")]
-        assert len(content) > 40 and content.startswith(streamed[0][:40])
+    assert answers[waiting][0][0] == f"⚠️ {NOTICE}"  # it never had words: the notice is its answer
+    for index in streaming:  # the text so far stays above the notice
+        content, history = answers[index][0]
+        streamed = [v["content"] for v in history if not v["content"].startswith(("…", "queued"))]
+        assert len(content) > 40 + len(NOTICE) and content.startswith(streamed[0][:40])
 
 
 @pytest.mark.parametrize("number", SIGNALS)
@@ -116,21 +120,23 @@ def test_slack_answers_in_progress_end_with_the_shutdown_notice(tmp_path, number
             def answers():
                 return [emu.bot_messages(thread_ts=ts) for ts in threads]
 
-            def two_streaming_one_waiting():
-                parts = answers()
-                streaming = sum(1 for p in parts if p and len(p[0].text) > 40)
-                return parts if streaming == 2 and len(parts[2]) <= 1 else None
+            def two_streaming_one_waiting():  # a waiting answer shows a thread status, no message yet
+                shown = [parts[0].text if parts else "" for parts in answers()]
+                streaming = [i for i, text in enumerate(shown) if len(text) > 40 and not text.startswith("…")]
+                waiting = [i for i, text in enumerate(shown) if text in ("", "…") or text.startswith("… queued")]
+                return (streaming, waiting[0]) if len(streaming) == 2 and len(waiting) == 1 else None
 
-            await emu.wait_for(two_streaming_one_waiting, timeout=120)
+            streaming, waiting = await emu.wait_for(two_streaming_one_waiting, timeout=120)
             result = await stop(bot, number)
-            return [[m.text for m in parts] for parts in answers()], result, config
+            return [[m.text for m in parts] for parts in answers()], streaming, waiting, result, config
 
-    answers, (returncode, seconds, _, stderr), config = asyncio.run(run())
+    answers, streaming, waiting, (returncode, seconds, _, stderr), config = asyncio.run(run())
     assert_clean_exit(returncode, seconds, stderr, number, load_settings(config).store_path)
     for parts in answers:
         assert parts and parts[-1].rstrip().endswith(NOTICE), parts
-    for parts in answers[:2]:
-        assert len(parts[0]) > 40 + len(NOTICE)  # the text so far stays above the notice
+    assert answers[waiting] == [f"⚠️ {NOTICE}"]  # it never had words: the notice is its answer
+    for index in streaming:
+        assert len(answers[index][0]) > 40 + len(NOTICE)  # the text so far stays above the notice
 
 
 @pytest.mark.parametrize("number", SIGNALS)
@@ -209,3 +215,20 @@ def test_a_second_bot_on_the_same_store_is_refused_naming_the_first(tmp_path):
         f"modelbot: another modelbot (pid {pid}) is running on the store {load_settings(config).store_path}; "
         "stop it first, or give this one its own `store:` in the config"]
     os.stat(load_settings(config).store_path)  # the first one's store is untouched and still there
+
+
+def test_a_stop_during_the_preload_exits_cleanly(tmp_path):
+    config = write_config(tmp_path, [smollm2()], preload=["smollm2"])
+
+    async def run():
+        bot = await start("-v", "console", "--config", str(config))
+        seen = b""
+        while b"loading smollm2" not in seen:  # the preload has begun (a large model: minutes)
+            seen += await asyncio.wait_for(bot.stderr.readline(), 60)
+        returncode, seconds, out, err = await stop(bot, signal.SIGTERM)
+        return returncode, seconds, out, seen.decode() + err
+
+    returncode, seconds, out, stderr = asyncio.run(run())
+    assert returncode == 0 and seconds < 10.0, stderr
+    assert stderr.strip().splitlines()[-1].startswith("modelbot: SIGTERM: stopped"), stderr
+    assert "Traceback" not in stderr and out == ""

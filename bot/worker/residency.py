@@ -162,7 +162,7 @@ class Residency:
         self._publish()
         return loaded
 
-    def evict(self, name: str) -> Eviction:
+    def evict(self, name: str, warn_if_kept: bool = True) -> Eviction:
         resident = self._resident.pop(name)
         self._evictions_by_model[name] += 1
         self._publish()
@@ -176,12 +176,14 @@ class Residency:
         freed = before - used_bytes(self.loader.device)
         self.last_eviction = eviction = Eviction(name, expected, freed)
         if not eviction.verified:
-            log.warning("unloading %s gave back only %s of %s", name, human_bytes(max(freed, 0)), human_bytes(expected))
+            log.log(logging.WARNING if warn_if_kept else logging.DEBUG, "unloading %s gave back only %s of %s",
+                    name, human_bytes(max(freed, 0)), human_bytes(expected))
         return eviction
 
     def evict_all(self) -> None:
+        """At shutdown: what comes back is the process's exit's business, not worth a warning."""
         for name in list(self._resident):
-            self.evict(name)
+            self.evict(name, warn_if_kept=False)
 
     def _make_room(self, need: int, busy: set[str], adding: bool = True) -> None:
         """Evict idle models, least recently used first, until one more model of `need` bytes fits
