@@ -21,17 +21,11 @@ from helpers import cli, cli_env, smollm2, write_config
 from slack_emulator import DEFAULT_BOT_SCOPES, SlackEmulator
 
 from bot.config import load_settings
-from bot.doctor import (
-    FAIL,
-    OK,
-    Check,
-    TorchProbe,
-    bitsandbytes_check,
-    manifest_bot_scopes,
-    memory_checks,
-    remote_checks,
-    run_doctor,
-)
+from bot.doctor import run_doctor
+from bot.doctor.machine import TorchProbe, bitsandbytes_check, memory_checks
+from bot.doctor.models import remote_checks
+from bot.doctor.platforms import manifest_bot_scopes
+from bot.doctor.report import FAIL, OK, Check
 
 DISCORD_TOKEN = "the-right-discord-token"
 PLATFORM_VARIABLES = ("DISCORD_TOKEN", "DISCORD_API_BASE", "DISCORD_GATEWAY_URL", "SLACK_BOT_TOKEN",
@@ -236,7 +230,7 @@ def test_model_files_missing_or_incomplete_fail_naming_the_model(tmp_path, monke
 def test_a_hub_id_without_network_is_one_quick_line(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from bot.doctor import source_check
+    from bot.doctor.models import source_check
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")  # a hub that is down
@@ -288,9 +282,9 @@ def _cuda_probe(free_gib: float) -> TorchProbe:
 
 
 def test_nf4_on_a_gpu_without_working_bitsandbytes_kernels_fails(tmp_path, monkeypatch):
-    import bot.doctor
+    import bot.doctor.machine
 
-    monkeypatch.setattr(bot.doctor, "try_bitsandbytes",
+    monkeypatch.setattr(bot.doctor.machine, "try_bitsandbytes",
                         lambda device, modes: f"bitsandbytes' kernels fail on {device}: no kernel image")
     settings = load_settings(write_config(tmp_path, [smollm2("auto-on-gpu"), smollm2("full", quantization="none")]))
     check = bitsandbytes_check(_cuda_probe(80), settings.models)
