@@ -85,6 +85,19 @@ async def platforms(discord: dict | None = None, slack: dict | None = None):
         yield discord_emu, slack_emu
 
 
+def doctor_against_platforms(tmp_path, discord: dict | None = None, slack: dict | None = None,
+                             **tokens) -> tuple[int, list[str]]:
+    """doctor on a config with a reachable remote model and both emulators (`tokens`: what
+    sections() takes to give a wrong one)."""
+    async def run():
+        async with platforms(discord, slack) as (discord_emu, slack_emu), OpenAIServer("m") as server:
+            config = write_config(tmp_path, [remote_model("r", f"{server.http_base}/v1")],
+                                  **sections(discord_emu, slack_emu, **tokens))
+            return await doctor(config)
+
+    return asyncio.run(run())
+
+
 def sections(discord_emu, slack_emu, discord_token: str = DISCORD_TOKEN, slack_token: str | None = None) -> dict:
     return {
         "discord": {"enabled": True, "token": discord_token, "api_base": discord_emu.api_base,
@@ -119,13 +132,7 @@ def test_all_good_is_exit_0_and_ok_lines_only(tmp_path):
 
 
 def test_a_wrong_discord_token_is_one_failing_line_naming_the_fix(tmp_path):
-    async def run():
-        async with platforms() as (discord_emu, slack_emu), OpenAIServer("m") as server:
-            config = write_config(tmp_path, [remote_model("r", f"{server.http_base}/v1")],
-                                  **sections(discord_emu, slack_emu, discord_token="a-token-that-was-reset"))
-            return await doctor(config)
-
-    code, lines = asyncio.run(run())
+    code, lines = doctor_against_platforms(tmp_path, discord_token="a-token-that-was-reset")
     assert code == 1
     assert failing(lines) == ["fail  discord token: Discord refused it (401 Unauthorized) — the token is wrong: "
                               "reset it in the developer portal (Bot → Reset Token) and set DISCORD_TOKEN"]
@@ -171,14 +178,7 @@ def test_message_content_intent_off_is_one_failing_line(tmp_path):
 
 def test_a_slack_token_without_files_write_is_one_failing_line_naming_it(tmp_path):
     granted = tuple(scope for scope in DEFAULT_BOT_SCOPES if scope != "files:write")
-
-    async def run():
-        async with platforms(slack={"scopes": granted}) as (discord_emu, slack_emu), OpenAIServer("m") as server:
-            config = write_config(tmp_path, [remote_model("r", f"{server.http_base}/v1")],
-                                  **sections(discord_emu, slack_emu))
-            return await doctor(config)
-
-    code, lines = asyncio.run(run())
+    code, lines = doctor_against_platforms(tmp_path, slack={"scopes": granted})
     assert code == 1
     assert failing(lines) == ["fail  slack scope files:write: missing from the bot token — add files:write under "
                               "OAuth & Permissions → Bot Token Scopes (or paste docs/slack-manifest.yaml), then "
@@ -187,13 +187,7 @@ def test_a_slack_token_without_files_write_is_one_failing_line_naming_it(tmp_pat
 
 
 def test_a_wrong_slack_token_is_refused(tmp_path):
-    async def run():
-        async with platforms() as (discord_emu, slack_emu), OpenAIServer("m") as server:
-            config = write_config(tmp_path, [remote_model("r", f"{server.http_base}/v1")],
-                                  **sections(discord_emu, slack_emu, slack_token="xoxb-not-the-token"))
-            return await doctor(config)
-
-    code, lines = asyncio.run(run())
+    code, lines = doctor_against_platforms(tmp_path, slack_token="xoxb-not-the-token")
     assert code == 1
     assert failing(lines) == ["fail  slack token: Slack refused it (invalid_auth) — the token is wrong: copy the Bot "
                               "User OAuth Token (xoxb-…) from OAuth & Permissions and set SLACK_BOT_TOKEN"]
