@@ -97,6 +97,9 @@ class Worker:
         self._starting = False  # between a model being ready and its first job running
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
         self._last_used: dict[str, float] = {}  # model -> when its last job or call ended (keep_alive)
+        # the models that may be unloaded for being idle, once: the check runs between tokens
+        self._keep_alive = {spec.name: seconds for spec in catalog.settings.models
+                            if (seconds := catalog.settings.keep_alive(spec.name)) != math.inf}
         self._wake = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="modelbot-worker", daemon=True)
@@ -486,12 +489,12 @@ class Worker:
     def _unload_idle(self) -> None:
         """keep_alive: unload a model unused (no job running or waiting, no call) for its
         keep_alive seconds, through the same eviction that checks the memory came back."""
-        if self.residency is None:
+        if self.residency is None or not self._keep_alive:
             return
         now = time.monotonic()
         for name in self.residency.names():
-            keep_alive = self.catalog.settings.keep_alive(name)
-            if keep_alive == math.inf:
+            keep_alive = self._keep_alive.get(name)
+            if keep_alive is None:
                 continue
             idle = now - self._last_used.setdefault(name, now)
             if idle < keep_alive or name in self._busy_models() or name in {c.model for c in list(self._calls)}:
