@@ -39,11 +39,6 @@ class StopRequest:
         for number in STOP_SIGNALS:
             loop.add_signal_handler(number, self._received, number)
 
-    def uninstall(self) -> None:
-        loop = asyncio.get_running_loop()
-        for number in STOP_SIGNALS:
-            loop.remove_signal_handler(number)
-
     def _received(self, number: int) -> None:
         name = signal.Signals(number).name
         if self.event.is_set():
