@@ -449,7 +449,7 @@ class BenchReply:
     async def send(self, text: str) -> None:
         pass
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
         pass
 
     async def progress(self, text: str) -> None:

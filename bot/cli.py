@@ -46,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--model")
     prompt.add_argument("--json", action="store_true", help="print model, family, text, input_ids, stop_token_ids")
     prompt.add_argument("--messages", required=True, help="JSON file with [{role, content}, ...] ('-' for stdin)")
+    prompt.add_argument("--channel", help="apply this channel's /settings from the store (its system prompt, "
+                                          "history length) and its model, as the bot does there")
 
     layers = add("layers", "show a model's layers, 4-bit layers and memory footprint")
     layers.add_argument("--model")
     layers.add_argument("--full", action="store_true", help="also print the full module tree")
+    layers.add_argument("--picture", metavar="FILE", help="also write the layers as a PNG picture to FILE")
 
     add("models", "list the configured models")
 
@@ -184,6 +187,8 @@ async def cmd_prompt(settings: Settings, args) -> int:
         raise ValueError(f"{args.messages}: expected a JSON list of {{role, content}} objects")
     catalog = ModelCatalog(settings, load_plugins())
     spec = catalog.spec(args.model)
+    if args.channel:
+        spec, messages = _as_in_channel(settings, catalog, args.channel, args.model, messages)
     prompt = await asyncio.to_thread(catalog.prompt, spec, messages)
     if args.json:
         family = catalog.backend_for(spec, catalog.tokenizer(spec).model_type).name
@@ -198,6 +203,23 @@ async def cmd_prompt(settings: Settings, args) -> int:
     return 0
 
 
+def _as_in_channel(settings: Settings, catalog, channel: str, model: str | None, messages: list[dict]):
+    """The model and messages as the bot would use them in `channel` (its /model and /settings)."""
+    from bot.channel_settings import ChannelSettingsStore
+    from bot.host import MODEL_KEY
+    from bot.store import Store
+
+    store = Store(settings.store_path)
+    try:
+        chosen = ChannelSettingsStore(store).get(channel)
+        saved = store.get(channel, MODEL_KEY)
+        spec = catalog.spec(model or (saved if saved and settings.model(saved) else None))
+    finally:
+        store.close()
+    *history, last = messages or [{"role": "user", "content": ""}]
+    return spec, chosen.with_system([*chosen.trimmed_history(history), last])
+
+
 async def cmd_layers(settings: Settings, args) -> int:
     from bot.inspect import FULL_TREE_NOTE
 
@@ -208,6 +230,12 @@ async def cmd_layers(settings: Settings, args) -> int:
             print(report.full_tree)
         else:
             print(report.summary.replace(FULL_TREE_NOTE, "(--full prints the whole tree)"))
+        if args.picture:
+            from bot.layers_picture import render_layers_png
+
+            path = Path(args.picture)
+            path.write_bytes(await asyncio.to_thread(render_layers_png, [report]))
+            print(f"modelbot: layers picture saved to {path}", file=sys.stderr)
         return 0
 
     return await _with_app(settings, body)

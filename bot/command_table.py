@@ -14,6 +14,7 @@ class Option:
     required: bool = False
     model_name: bool = False  # a configured model's name: platforms offer autocompletion
     flag: bool = False  # written `--name VALUE` before the other arguments
+    choices: tuple[str, ...] = ()  # the values platforms offer as autocompletion
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class CommandSpec:
     options: tuple[Option, ...] = ()  # the arguments as Discord's typed options
     private: bool = False  # answered to the asker only where the platform can (ephemeral)
     switches_model: bool = False  # with arguments it changes the channel's model (model_switch: admins)
+    changes_settings: bool = False  # with arguments it changes the channel's settings (settings_change: admins)
     host_history: bool = False  # acts on history the host keeps: offered only where it keeps one
 
     def as_text(self, values: dict[str, str | None]) -> str:
@@ -40,9 +42,18 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("models", "The configured models, their plugin, source, quantization and whether loaded"),
     CommandSpec("layers", "A model's layers, parameter counts, 4-bit layers and memory footprint", "[NAME]",
                 (Option("name", "the model (default: this channel's)", model_name=True),)),
-    CommandSpec("compare", "Run a prompt through several models, one after another", "[--models a,b] PROMPT",
-                (Option("prompt", "what to ask", required=True),
-                 Option("models", "comma-separated model names (default: all)", flag=True))),
+    CommandSpec("compare", "Run a prompt through several models one after another, or draw their layers side by side",
+                "[--models a,b] PROMPT | --layers a,b",
+                (Option("prompt", "what to ask (leave it out with layers)"),
+                 Option("models", "comma-separated model names (default: all)", flag=True),
+                 Option("layers", "2-3 comma-separated model names: their layers side by side in a picture, "
+                                  "no prompt", flag=True))),
+    CommandSpec("settings", "Show or change this channel's persona, temperature, top_p, reply and history length",
+                "[NAME VALUE | reset [NAME]]",
+                (Option("name", "the setting, or reset", choices=("system", "temperature", "top_p", "max_new_tokens",
+                                                                  "history", "reset")),
+                 Option("value", "the new value (after reset: the setting to reset)")),
+                changes_settings=True),
     CommandSpec("stop", "Stop the reply being generated in this channel"),
     CommandSpec("stats", "Loaded models and their memory, the queue, recent speed", private=True),
     CommandSpec("help", "What the bot can do, and its commands", private=True),

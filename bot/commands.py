@@ -8,6 +8,7 @@ import re
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.catalog import UnknownModel
+from bot.channel_settings import SPECS, canonical, format_settings, parse_value
 from bot.command_table import BY_NAME, CommandSpec, offered
 from bot.events import ChatEvent, format_footer
 from bot.reply import Reply
@@ -46,6 +47,17 @@ def compare_refusal(text: str, compare: str, is_admin: bool) -> str | None:
     if not wants_compare or compare != "admins" or is_admin:
         return None
     return "Only the bot's admins can use /compare here (it loads every model in turn). Ask one of them."
+
+
+def settings_refusal(text: str, settings_change: str, is_admin: bool) -> str | None:
+    """What a chat frontend answers to a /settings change by a non-admin where only admins may
+    change settings (showing them is for everyone)."""
+    words = text.split()
+    wants_change = bool(words) and words[0].lower() == "/settings" and (
+        len(words) > 2 or (len(words) == 2 and words[1].lower() == "reset"))
+    if not wants_change or settings_change != "admins" or is_admin:
+        return None
+    return "Only the bot's admins can change this channel's settings. /settings shows them."
 
 
 class Commands:
@@ -110,12 +122,18 @@ class Commands:
         await asyncio.gather(*shown)
         await reply.send(report.summary)  # Markdown with its own code block
         await reply.send_file(f"{spec.name}-layers.txt", report.full_tree, caption="full module tree")
+        await reply.send_file(f"{spec.name}-layers.png", await _picture([report]), caption="layers as a picture")
 
     async def compare(self, event: ChatEvent, args: str, reply: Reply) -> None:
         host = self.host
-        names, prompt = _parse_compare(args, host.settings.model_names)
-        if not prompt:
-            await reply.send("Usage: /compare [--models a,b] PROMPT")
+        flags, rest = _compare_flags(args)
+        if "layers" in flags:
+            await self._compare_layers(event, flags, rest, reply)
+            return
+        names = _names(flags["models"]) if "models" in flags else list(host.settings.model_names)
+        prompt = rest
+        if not prompt or not names:
+            await reply.send(COMPARE_USAGE)
             return
         for name in names:
             if host.settings.model(name) is None:
@@ -128,6 +146,53 @@ class Commands:
                     spec, [{"role": "user", "content": prompt}], reply.stream(header=f"── {name} ──"), reply, event,
                     footer=lambda stats: format_footer(stats, with_footprint=True), reserved=True,
                 )
+
+    async def _compare_layers(self, event: ChatEvent, flags: dict[str, str], rest: str, reply: Reply) -> None:
+        """/compare --layers a,b: no prompt; the models' layers side by side in one picture."""
+        from bot.layers_picture import MAX_MODELS
+
+        host = self.host
+        names = _names(flags["layers"])
+        if rest or "models" in flags or not 2 <= len(names) <= MAX_MODELS:
+            await reply.send(f"Usage: /compare --layers a,b — two to {MAX_MODELS} models, no prompt: "
+                             "their layers side by side in one picture.")
+            return
+        specs = [host.catalog.spec(name) for name in names]  # an unknown name says which exist
+        shown: list[asyncio.Task] = []
+        reports = []
+        with host.engines.reserve(event.user, names):  # one of the asker's requests, however many models
+            for spec in specs:
+                reports.append(await host.engines.for_model(spec.name).inspect(
+                    spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message)))))
+        await asyncio.gather(*shown)
+        await reply.send("\n".join(_report_line(report) for report in reports))
+        await reply.send_file(f"{'-vs-'.join(names)}-layers.png", await _picture(reports),
+                              caption="layers side by side")
+
+    async def settings(self, event: ChatEvent, args: str, reply: Reply) -> None:
+        host = self.host
+        spec = host.channel_model(event.channel)
+        words = args.split(maxsplit=1)
+        cap = host.settings.worker.max_new_tokens
+        if words and words[0].lower() == "reset":
+            name = canonical(words[1]) if len(words) > 1 else None
+            host.channel_settings.reset(event.channel, name)
+            await reply.send(f"{name or 'Every setting'} is back to the model's own in this channel.")
+            return
+        if not words:
+            defaults = await asyncio.to_thread(host.model_defaults, spec)
+            await reply.send(format_settings(spec.name, host.channel_settings.get(event.channel), defaults, cap))
+            return
+        name = canonical(words[0])
+        if len(words) == 1:
+            await reply.send(f"{name}: {SPECS[name].what}; {SPECS[name].range.format(cap=cap)}. "
+                             f"Set it with /settings {name} VALUE, or /settings reset {name}.")
+            return
+        value = parse_value(name, words[1], cap)
+        host.channel_settings.set(event.channel, name, value)
+        shown = "set" if name == "system" else f"{value:g}" if isinstance(value, float) else str(value)
+        await reply.send(f"{name} is now {shown} in this channel, for whichever model it uses "
+                         f"(/settings shows them all; /settings reset {name} undoes it).")
 
     async def reset(self, event: ChatEvent, args: str, reply: Reply) -> None:
         self.host.history.reset(event.channel)
@@ -166,14 +231,40 @@ class PrivateReply:
         return getattr(self._reply, name)
 
 
-def _parse_compare(args: str, all_models: list[str]) -> tuple[list[str], str]:
-    if args.startswith("--models"):
-        parts = args.split(maxsplit=2)
-        if len(parts) < 2:
-            return [], ""
-        names = [n.strip() for n in parts[1].split(",") if n.strip()]
-        return names, parts[2].strip() if len(parts) > 2 else ""
-    return list(all_models), args.strip()
+def _names(listed: str) -> list[str]:
+    """'a, b,a' -> ['a', 'b']."""
+    return list(dict.fromkeys(name.strip() for name in listed.split(",") if name.strip()))
+
+
+COMPARE_USAGE = "Usage: /compare [--models a,b] PROMPT, or /compare --layers a,b for their layers side by side"
+_COMPARE_FLAG = re.compile(r"--(?P<flag>models|layers)(?=\s|$)\s*(?P<value>(?!--)\S+)?\s*")
+
+
+def _compare_flags(args: str) -> tuple[dict[str, str], str]:
+    """'--models a,b --layers c,d rest' (flags first, any order, as Discord's typed options
+    arrive) -> ({'models': 'a,b', 'layers': 'c,d'}, 'rest')."""
+    flags: dict[str, str] = {}
+    rest = args.strip()
+    while (match := _COMPARE_FLAG.match(rest)) is not None:
+        flags[match["flag"]] = match["value"] or ""
+        rest = rest[match.end():]
+    return flags, rest.strip()
+
+
+def _report_line(report) -> str:
+    """'`smollm2` · 134.5M parameters · 538.1 MB · 33 blocks · bfloat16 · cpu' for /compare --layers."""
+    from bot.inspect import human_count
+    from bot.text import human_bytes
+
+    return (f"`{report.model_name}` · {human_count(report.total_params)} parameters · "
+            f"{human_bytes(report.footprint_bytes)} · {len(report.blocks)} blocks · {report.dtype} · {report.device}")
+
+
+async def _picture(reports: list) -> bytes:
+    """The layers PNG, drawn off the event loop (matplotlib takes a moment, longer the first time)."""
+    from bot.layers_picture import render_layers_png
+
+    return await asyncio.to_thread(render_layers_png, reports)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

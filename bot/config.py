@@ -57,6 +57,7 @@ class ModelSpec:
     engine: str = "local"  # which engine runs it (bot/engines/): local, openai, or a plugin's
     engine_options: Any = None  # what the engine type parsed from its own keys of the entry
     keep_alive: float | None = None  # seconds idle before unloading; None: worker.keep_alive; inf: never
+    show_thinking: bool = False  # a reasoning model's <think> text shown collapsed above the answer
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,8 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
     _expect(entry, dict, key, "a mapping with at least name and source")
     engine = _engine_type(entry, key)
     allowed = {"name", "source", "quantization", "family", "model_type", "trust_remote_code",
-               "generation", "system_prompt", "context_length", "engine", "keep_alive", *engine.option_keys}
+               "generation", "system_prompt", "context_length", "engine", "keep_alive", "show_thinking",
+               *engine.option_keys}
     for field_name in entry:
         if field_name not in allowed:
             raise ConfigError(f"{key}.{field_name}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -338,6 +340,8 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
         raise ConfigError(f"{key}.quantization: must be one of {', '.join(QUANTIZATION_MODES)} (got {quantization!r})")
     trust = entry.get("trust_remote_code", False)
     _expect(trust, bool, f"{key}.trust_remote_code", "true or false")
+    show_thinking = entry.get("show_thinking", False)
+    _expect(show_thinking, bool, f"{key}.show_thinking", "true or false")
     generation = entry.get("generation") or {}
     _expect(generation, dict, f"{key}.generation", "a mapping")
     for gen_key, value in generation.items():
@@ -366,6 +370,7 @@ def _parse_model(entry: Any, key: str, base_dir: Path) -> ModelSpec:
         engine=engine.name,
         engine_options=options,
         keep_alive=parse_keep_alive(entry["keep_alive"], f"{key}.keep_alive") if "keep_alive" in entry else None,
+        show_thinking=show_thinking,
     )
 
 

@@ -3,8 +3,9 @@ the footer under an answer: shared by the host, the commands and the frontends."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bot.attachments import FileText
 from bot.generation import GenerationStats
 from bot.text import human_bytes
 
@@ -19,6 +20,8 @@ class ChatEvent:
     history: list[dict] | None = None
     #: which frontend it came from ("discord", "console", ...), for the metrics
     frontend: str = ""
+    #: text files attached to the message, already read (bot/attachments.py): they join the user's turn
+    files: list[FileText] = field(default_factory=list)
 
 
 @dataclass

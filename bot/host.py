@@ -6,8 +6,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Callable
 
+from bot.attachments import FileRefused, FileText, check_file_tokens, with_files
 from bot.backend import BackendError
 from bot.catalog import ModelCatalog
+from bot.channel_settings import ChannelSettings, ChannelSettingsStore
 from bot.commands import Commands
 from bot.config import ModelSpec, Settings
 from bot.conversation import ChannelHistory, fit_to_context
@@ -17,6 +19,7 @@ from bot.errors import UserFacingError
 from bot.events import ChatEvent, ChatResult, format_footer
 from bot.generation import GenerationJob, GenerationStats
 from bot.readiness import Readiness
+from bot.reasoning import AnswerStream, prompt_opens_thinking
 from bot.reply import Reply, ReplyGone, ReplyStream, notice
 from bot.store import Store
 
@@ -37,6 +40,7 @@ class Host:
         self.store = store
         self.engines = engines
         self.history = ChannelHistory()
+        self.channel_settings = ChannelSettingsStore(store)  # /settings: persona, sampling, reply and history length
         self.commands = Commands(self)
         self._session_models: dict[str, str] = {}  # channel -> model, not persisted (console --model)
         self._progress_tasks: set[asyncio.Task] = set()
@@ -49,12 +53,14 @@ class Host:
         try:
             if text.startswith("/"):
                 await self.commands.dispatch(event, text, reply)
-            elif text:
+            elif text or event.files:
                 await self.chat(event, reply)
             else:
                 await notice(reply, "Say something, or /help for commands.")
         except ReplyGone:
             raise  # the platform message is gone: nothing to answer into (the frontend logs it)
+        except FileRefused as exc:  # a polite refusal, like the intake's for a binary file: not an error
+            await notice(reply, str(exc))
         except UserFacingError as exc:
             await notice(reply, f"error: {exc}")
         except Exception as exc:  # noqa: BLE001 - never leave a user without an answer
@@ -80,14 +86,50 @@ class Host:
     # -- chat -------------------------------------------------------------------------------------
     async def chat(self, event: ChatEvent, reply: Reply, *, overrides: dict | None = None) -> ChatResult:
         spec = self.channel_model(event.channel)
+        chosen = self.channel_settings.get(event.channel)
         keeps_history = event.history is None
         history = self.history.get(event.channel) if keeps_history else list(event.history)
-        messages = [*history, {"role": "user", "content": event.text.strip()}]
-        result = await self.run_model(spec, messages, reply.stream(), reply, event, overrides)
+        text = event.text.strip()
+        if event.files:
+            await self._check_files(spec, event.files, text, chosen)
+        turn = {"role": "user", "content": with_files(text, event.files)}
+        messages = chosen.with_system([*chosen.trimmed_history(history), turn])
+
+        def footer(stats: GenerationStats | None) -> str:
+            # the tokenizer is loaded by now (model_defaults reads it): the settings that differ end the footer
+            differing = chosen.differing(self.model_defaults(spec))
+            return " · ".join(part for part in (format_footer(stats), *differing) if part)
+
+        result = await self.run_model(spec, messages, reply.stream(), reply, event,
+                                      {**chosen.generation_overrides(), **(overrides or {})}, footer=footer)
         if keeps_history and result.error is None:
-            self.history.add(event.channel, "user", event.text.strip())
+            self.history.add(event.channel, "user", text)
             self.history.add(event.channel, "assistant", result.text)
         return result
+
+    def model_defaults(self, spec: ModelSpec) -> dict:
+        """What a channel's /settings start from: the model's generation settings and system
+        prompt (blocking: reads the tokenizer the first time)."""
+        info = self.catalog.tokenizer(spec)
+        defaults = {**self.catalog.backend_for(spec, info.model_type).generation_defaults, **spec.generation}
+        defaults["max_new_tokens"] = min(defaults.get("max_new_tokens", 512), self.settings.worker.max_new_tokens)
+        return {**defaults, "system": spec.system_prompt, "context_length": info.context_length}
+
+    async def _check_files(self, spec: ModelSpec, files: list[FileText], text: str, chosen: ChannelSettings) -> None:
+        """Files whose text cannot fit the model's context beside the question and the reply
+        are refused before anything is generated."""
+        info = await asyncio.to_thread(self.catalog.tokenizer, spec)
+        if info.tokenizer is not None:
+            def count(piece: str) -> int:
+                return len(info.tokenizer.encode(piece, add_special_tokens=False))
+        else:
+            def count(piece: str) -> int:
+                return len(piece) // 4 + 1  # a chat API's model without a tokenizer: ~4 characters a token
+        defaults = await asyncio.to_thread(self.model_defaults, spec)
+        reply_tokens = chosen.max_new_tokens or defaults["max_new_tokens"]
+        room = 64 + len(text) // 2  # the template's tokens and the question, generously
+        budget = info.context_length - min(reply_tokens, info.context_length // 2) - room
+        await asyncio.to_thread(check_file_tokens, files, count, budget, spec.name)
 
     async def run_model(
         self,
@@ -134,13 +176,23 @@ class Host:
             )
             engine = self.engines.for_model(spec.name)
             generation = engine.submit(job, self._progress_sink(reply), self._position_sink(stream, engine))
+            # a reasoning model's <think> text is a status (or shown collapsed), not the answer
+            answer = AnswerStream(stream, reply.progress, show=spec.show_thinking,
+                                  inside=prompt_opens_thinking(trimmed.prompt.text))
+            parts = answer.answer
             try:
                 async for delta in generation:
-                    parts.append(delta)
-                    await stream.write(delta)
+                    await answer.write(delta)
+                await answer.end()
             finally:
                 if generation.stats is None:  # left early (task cancelled, frontend failed): free the engine
                     generation.cancel()
+            if answer.thought_only and generation.stats.stopped_by == "length":
+                await answer.show_thinking_if_wanted()
+                raise BackendError(f"{spec.name} used all its {generation.stats.new_tokens} tokens thinking and had "
+                                   "none left to answer; give it more room (/settings max_new_tokens)")
+            if answer.thought_only and generation.stats.stopped_by == "eos":
+                await answer.write_thinking_as_answer()  # it never closed its thinking: that is its answer
         except UserFacingError as exc:
             self._record(event, spec, exc)
             await stream.fail(str(exc))

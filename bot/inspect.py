@@ -30,6 +30,21 @@ _8BIT_CLASSES = frozenset({"Linear8bitLt"})
 _INDENT = "  "
 _MAX_PATTERNS_SHOWN = 12  # a mixture-of-experts model can have many linear names
 
+# How a block's parameters are stored, for the picture's colours (Block.storage).
+STORAGE_4BIT, STORAGE_8BIT, STORAGE_FULL = "4-bit", "8-bit", "16/32-bit"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One of a model's top-level blocks, in order: embeddings, each decoder layer, the final
+    norm, the head (what /layers draws as one bar each)."""
+
+    name: str  # its path in the model, e.g. "model.layers.3"
+    type_name: str  # e.g. "LlamaDecoderLayer"
+    params: int  # logical count (4-bit unpacked); a tied block: the size of the weights it shares
+    storage: str  # STORAGE_4BIT / STORAGE_8BIT / STORAGE_FULL: what holds most of its parameters
+    tied: bool = False  # its weights are another block's (lm_head tied to embed_tokens)
+
 
 @dataclass(frozen=True)
 class LayerReport:
@@ -42,6 +57,7 @@ class LayerReport:
     full_precision_linears: int  # plain nn.Linear modules (e.g. lm_head)
     dtype: str  # storage types by share of parameters, e.g. "nf4, bfloat16"
     device: str  # e.g. "cuda:0", or "cuda:0 (92%), cpu (8%)" when offloaded
+    blocks: tuple[Block, ...] = ()  # the top-level blocks in order, for the picture
 
 
 # --------------------------------------------------------------------------- formatting
@@ -110,6 +126,16 @@ def _storage_label(param: Any) -> str:
     return str(param.dtype).removeprefix("torch.")
 
 
+def _storage_kind(kind: str | None, param_name: str, label: str) -> str:
+    """STORAGE_4BIT / STORAGE_8BIT / STORAGE_FULL for one parameter. A quantized layer's weight
+    counts as quantized even on the meta device, where its dtype does not say so yet."""
+    if label in ("nf4", "fp4") or (kind == "4bit" and param_name == "weight"):
+        return STORAGE_4BIT
+    if label == "int8" or (kind == "8bit" and param_name == "weight"):
+        return STORAGE_8BIT
+    return STORAGE_FULL
+
+
 def _path_pattern(path: str) -> str:
     """'model.layers.3.mlp.up_proj' -> 'model.layers.*.mlp.up_proj'."""
     return ".".join("*" if part.isdigit() else part for part in path.split("."))
@@ -124,6 +150,8 @@ class _Analysis:
 
     own_params: dict[int, int] = field(default_factory=dict)  # id(module) -> logical count
     own_labels: dict[int, Counter] = field(default_factory=dict)  # id(module) -> label counts
+    own_storage: dict[int, Counter] = field(default_factory=dict)  # id(module) -> STORAGE_* counts
+    tied_storage: dict[int, Counter] = field(default_factory=dict)  # id(module) -> tied weights' STORAGE_* counts
     tied_to: dict[int, list[str]] = field(default_factory=dict)  # id(module) -> first owners
     kinds: dict[int, str] = field(default_factory=dict)  # id(module) -> linear kind
     linear_paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> paths
@@ -148,17 +176,21 @@ def _analyse(model: Any) -> _Analysis:
                 a.quant_details[kind] = _quant_detail(module, kind)
         own = 0
         labels: Counter = Counter()
+        storage: Counter = Counter()
         for name, param in module.named_parameters(recurse=False):
             full_name = f"{path}.{name}" if path else name
+            count = _logical_numel(module, kind, name, param)
             if id(param) in owner_of:
                 # Tied weight (lm_head sharing embed_tokens): count it once, say where.
                 a.tied_to.setdefault(id(module), []).append(owner_of[id(param)])
+                kind_of_tied = _storage_kind(kind, name, _storage_label(param))
+                a.tied_storage.setdefault(id(module), Counter())[kind_of_tied] += count
                 continue
             owner_of[id(param)] = full_name
-            count = _logical_numel(module, kind, name, param)
             label = _storage_label(param)
             own += count
             labels[label] += count
+            storage[_storage_kind(kind, name, label)] += count
             a.labels[label] += count
             a.devices[str(param.device)] += count
             if kind == "full" and name == "weight":
@@ -167,6 +199,7 @@ def _analyse(model: Any) -> _Analysis:
                 a.on_meta = True
         a.own_params[id(module)] = own
         a.own_labels[id(module)] = labels
+        a.own_storage[id(module)] = storage
         a.total += own
     return a
 
@@ -198,6 +231,59 @@ def _subtree_params(module: Any, a: _Analysis) -> int:
             _subtree_params(child, a) for _, child in module.named_children()
         )
     return a.subtree[key]
+
+
+def _blocks(model: Any, a: _Analysis) -> tuple[Block, ...]:
+    """The top-level blocks in order. A container without parameters of its own (LlamaModel)
+    is opened into its children, a ModuleList into its items, which are blocks whatever they
+    hold (a decoder layer); modules without parameters (rotary_emb, dropout) are left out."""
+    import torch.nn as nn  # lazy: keep module import cheap
+
+    memo: dict[int, tuple[Counter, Counter]] = {}
+
+    def counts(module: Any) -> tuple[Counter, Counter]:
+        """(own storage counts, tied storage counts) of a whole subtree."""
+        key = id(module)
+        if key not in memo:
+            own = Counter(a.own_storage.get(key, Counter()))
+            tied = Counter(a.tied_storage.get(key, Counter()))
+            for child in module.children():
+                child_own, child_tied = counts(child)
+                own.update(child_own)
+                tied.update(child_tied)
+            memo[key] = (own, tied)
+        return memo[key]
+
+    def has_own(module: Any) -> bool:
+        return bool(a.own_params.get(id(module)) or a.tied_storage.get(id(module)))
+
+    def block(module: Any, path: str) -> Block:
+        own, tied = counts(module)
+        own_size, tied_size = sum(own.values()), sum(tied.values())
+        is_tied = tied_size > own_size
+        storage = (tied if is_tied else own).most_common(1)[0][0]
+        return Block(path or type(module).__name__, type(module).__name__, own_size + tied_size, storage, is_tied)
+
+    found: list[Block] = []
+
+    def visit(module: Any, path: str, open_containers: bool) -> None:
+        for name, child in module.named_children():
+            child_path = f"{path}.{name}" if path else name
+            own, tied = counts(child)
+            if not own and not tied:
+                continue  # no parameters at all: nothing to draw
+            if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                visit(child, child_path, open_containers=False)
+            elif open_containers and not has_own(child) and next(iter(child.children()), None) is not None:
+                visit(child, child_path, open_containers=True)
+            else:
+                found.append(block(child, child_path))
+
+    if next(iter(model.children()), None) is None:  # a single layer: one bar
+        own, tied = counts(model)
+        return (block(model, ""),) if own or tied else ()
+    visit(model, "", open_containers=not isinstance(model, (nn.ModuleList, nn.ModuleDict)))
+    return tuple(found)
 
 
 def _footprint(model: Any) -> int:
@@ -428,4 +514,5 @@ def inspect_model(model: Any, model_name: str) -> LayerReport:
         full_precision_linears=len(a.linear_paths["full"]),
         dtype=dtype,
         device=device,
+        blocks=_blocks(model, a),
     )

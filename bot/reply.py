@@ -42,8 +42,9 @@ class Reply(Protocol):
         platform can do that (Discord's ephemeral answers, Slack's response_url).
         Optional: without it the host uses send()."""
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
-        """Post a text attachment, with an optional caption."""
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
+        """Post an attachment, with an optional caption: str for a text file (UTF-8), bytes for a
+        binary one such as a PNG (a frontend that cannot attach says so instead of showing bytes)."""
 
     async def progress(self, text: str) -> None:
         """Show a transient status such as 'loading gemma-2-2b…'."""

@@ -34,6 +34,7 @@ import hashlib
 import http
 import itertools
 import json
+import mimetypes
 import math
 import re
 import secrets
@@ -123,6 +124,10 @@ def _bucket_hash(key: str) -> str:
 # the bucket's major parameter): discord.py keys hashes by route, so a hash per channel
 # would make it re-learn the bucket whenever the bot switched channels.
 WRITE_BUCKET_HASH = _bucket_hash("channel message writes")
+
+
+def _base_type(content_type: str | None) -> str:
+    return (content_type or "application/octet-stream").split(";")[0].strip()
 
 
 def _iso_now() -> str:
@@ -292,6 +297,7 @@ class DiscordEmulator(LocalServer):
         self.identify_payloads: list[dict] = []
         self.resume_payloads: list[dict] = []
         self.gateway_connections: list[dict] = []  # query of each websocket connect
+        self.downloads: list[str] = []  # attachment ids fetched from the CDN route, in order
         self._faults: list[_Fault] = []
         self.rate_limit = rate_limit
         self._write_buckets: dict[str, _Bucket] = {}  # channel id -> its message-write window
@@ -658,22 +664,36 @@ class DiscordEmulator(LocalServer):
         return _json_response(self.commands.get(request.match_info.get("gid"), []))
 
     async def _get_attachment(self, request: web.Request) -> web.Response:
+        """Discord's CDN: the attachment's bytes (each download is recorded in `downloads`)."""
+        self.downloads.append(request.match_info["aid"])
         for msg in self.messages.values():
             for att in msg.attachments:
                 if att["id"] == request.match_info["aid"]:
-                    return web.Response(body=att["data"], content_type="application/octet-stream")
+                    return web.Response(body=att["data"], content_type=_base_type(att.get("content_type")))
         return web.Response(status=404)
 
     # ---- messages ----------------------------------------------------------------------
 
-    def _attachment(self, filename: str, data: bytes) -> dict:
-        return {"id": self.new_id(), "filename": filename, "data": data}
+    def _attachment(self, filename: str, data: bytes, content_type: str | None = None) -> dict:
+        """Discord guesses an attachment's content_type from its name (text ones with a charset)."""
+        if content_type is None:
+            content_type = mimetypes.guess_type(filename)[0]
+            if content_type and content_type.startswith("text/"):
+                content_type += "; charset=utf-8"
+        return {"id": self.new_id(), "filename": filename, "data": data, "content_type": content_type}
+
+    def _attachment_payload(self, a: dict) -> dict:
+        url = f"{self.http_base}/attachments/{a['id']}/{a['filename']}"
+        data = {"id": a["id"], "filename": a["filename"], "size": len(a["data"]), "url": url, "proxy_url": url}
+        if a.get("content_type"):  # absent where Discord could not tell
+            data["content_type"] = a["content_type"]
+        if (a.get("content_type") or "").startswith("image/"):
+            data |= {"width": 1, "height": 1}
+        return data
 
     def payload(self, msg: StoredMessage, with_reference: bool = True) -> dict:
         """The message as Discord sends it (REST responses and gateway dispatches)."""
-        atts = [{"id": a["id"], "filename": a["filename"], "size": len(a["data"]),
-                 "url": f"{self.http_base}/attachments/{a['id']}/{a['filename']}",
-                 "proxy_url": f"{self.http_base}/attachments/{a['id']}/{a['filename']}"} for a in msg.attachments]
+        atts = [self._attachment_payload(a) for a in msg.attachments]
         pinged = msg.pings[-1] if msg.pings else {"roles": [], "everyone": False}
         data = {"id": msg.id, "channel_id": msg.channel_id, "author": msg.author,
                 "content": msg.content, "timestamp": msg.timestamp, "edited_timestamp": msg.edited_timestamp,
@@ -740,7 +760,7 @@ class DiscordEmulator(LocalServer):
             id=self.new_id(), channel_id=channel_id, author=author, content=content, origin=origin,
             guild_id=guild_id, message_reference=ref, embeds=body.get("embeds") or [],
             flags=int(body.get("flags") or 0), interaction_id=interaction_id,
-            attachments=[self._attachment(n, d) for n, d in files],
+            attachments=[self._attachment(*f) for f in files],
             member=self._member_payload(author["id"]) if guild_id and author["id"] in self.members else None)
         self._record_pings(msg, body.get("allowed_mentions"), self.messages.get(ref["message_id"]) if ref else None)
         msg.history.append({"content": content, "time": time.monotonic()})
@@ -907,7 +927,9 @@ class DiscordEmulator(LocalServer):
                            ping_reply: bool = True) -> dict:
         """A user posts a message; MESSAGE_CREATE is dispatched. mentions_bot prefixes
         "<@BOT> " unless present; a reply pings the replied-to author (ping_reply), so a
-        reply to the bot mentions the bot, as on Discord. attachments: [(filename, bytes)]."""
+        reply to the bot mentions the bot, as on Discord. attachments: [(filename, bytes)] or
+        [(filename, bytes, content_type)] (default: guessed from the name, as Discord does); the
+        payload lists them with a url on the emulator (its "CDN"), downloads recorded in `downloads`."""
         if mentions_bot and f"<@{self.bot_user_id}>" not in content:
             content = f"<@{self.bot_user_id}> {content}"
         # A user's client parses every mention; only the reply ping can be turned off.

@@ -6,7 +6,9 @@ The emulator (aiohttp on 127.0.0.1, ephemeral port) serves:
   from ``Authorization: Bearer`` (or a ``token`` parameter).  Point slack_sdk at it with
   ``AsyncWebClient(token=emu.bot_token, base_url=emu.api_base)`` (``api_base`` ends with the
   slash slack_sdk needs);
-- the upload URLs that ``files.getUploadURLExternal`` hands out (``files_upload_v2``);
+- the upload URLs that ``files.getUploadURLExternal`` hands out (``files_upload_v2``), and the
+  files' ``url_private`` downloads: bytes only for the bot token with ``files:read``, else
+  Slack's sign-in page (HTML, status 200); ``user_file`` makes a file a user shares with a message;
 - Socket Mode: ``apps.connections.open`` (app token) returns a ``ws://`` URL; the emulator
   sends ``hello`` and then whatever ``push_socket_event`` pushes, and records the acks;
 - ``response_url`` endpoints for slash commands (``response_url_for``);
@@ -32,6 +34,7 @@ import hmac
 import itertools
 import json
 import math
+import mimetypes
 import secrets
 import time
 from collections import deque
@@ -107,6 +110,9 @@ class UploadedFile:
     channel: str | None = None
     thread_ts: str | None = None
     completed: bool = False
+    mimetype: str = "application/octet-stream"
+    filetype: str = "binary"
+    user: str = ""  # who shared it ("": the bot, through files_upload_v2)
 
 
 @dataclass
@@ -155,8 +161,12 @@ STREAMING_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
 # The scopes the app was installed with (docs/slack-manifest.yaml's); Slack reports a token's
 # scopes in the `x-oauth-scopes` header of every Web API response to it.
 DEFAULT_BOT_SCOPES = ("app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write",
-                      "assistant:write", "commands", "files:write")
+                      "assistant:write", "commands", "files:write", "files:read")
 MARKDOWN_LIMIT = 12_000  # characters of markdown_text per streaming call
+# Slack's `filetype` for a few suffixes (others: the suffix itself)
+FILETYPES = {"md": "markdown", "txt": "text", "py": "python", "js": "javascript", "yml": "yaml", "jpg": "jpg"}
+# what files.slack.com answers a download without a valid token with files:read: status 200
+SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
 
 
 def _json(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
@@ -224,6 +234,7 @@ class SlackEmulator(LocalServer):
         self._ids = itertools.count(1)
         self._last_ts = 0.0
         self._http: aiohttp.ClientSession | None = None
+        self.downloads: list[tuple[str, bool]] = []  # (file id, whether the bytes were served)
 
     # ---- world -------------------------------------------------------------------------
 
@@ -695,16 +706,41 @@ class SlackEmulator(LocalServer):
         return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
 
     async def _download(self, request: web.Request) -> web.Response:
+        """url_private(_download): the bytes for the bot token with files:read; like Slack, any
+        other request (no token, a wrong one, the scope missing) gets the sign-in page, an HTML
+        page with status 200. Each request is recorded in `downloads` as (file id, served)."""
         f = self.files.get(request.match_info["file_id"])
         if f is None or f.data is None:
             return web.Response(status=404)
-        return web.Response(body=f.data, content_type="application/octet-stream")
+        allowed = (request.headers.get("Authorization") == f"Bearer {self.bot_token}"
+                   and "files:read" in self.scopes)
+        self.downloads.append((f.id, allowed))
+        if not allowed:
+            return web.Response(text=SIGN_IN_PAGE, content_type="text/html", charset="utf-8")
+        return web.Response(body=f.data, content_type=f.mimetype)
 
     def _file_payload(self, f: UploadedFile) -> dict:
+        """A file object as Slack's events and files methods carry it."""
         url = f"{self.http_base}/files/{f.id}/{f.filename}"
-        return {"id": f.id, "name": f.filename, "title": f.title or f.filename, "size": len(f.data or b""),
-                "mimetype": "application/octet-stream", "url_private": url, "url_private_download": url,
-                "user": self.bot_user_id}
+        return {"id": f.id, "created": int(time.time()), "name": f.filename, "title": f.title or f.filename,
+                "mimetype": f.mimetype, "filetype": f.filetype, "user": f.user or self.bot_user_id,
+                "size": len(f.data or b""), "mode": "hosted", "is_external": False, "is_public": True,
+                "url_private": url, "url_private_download": url + "?download=1",
+                "permalink": f"https://emulated.slack.com/files/{f.user or self.bot_user_id}/{f.id}/{f.filename}"}
+
+    def user_file(self, user: str, name: str, data: bytes, mimetype: str | None = None,
+                  filetype: str | None = None) -> dict:
+        """`user` uploads a file (in Slack's composer) to share with a message: pass what this
+        returns in `files=` of post_user_message, app_mention, push_mention or push_dm. The
+        mimetype is guessed from the name unless given (Slack says text/plain for most text);
+        filetype is Slack's short name ("markdown", "text", "png", …)."""
+        guessed = mimetypes.guess_type(name)[0]
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        f = UploadedFile(self._new_id("F"), name, len(data), data, title=name, completed=True,
+                         mimetype=mimetype or guessed or "text/plain",
+                         filetype=filetype or FILETYPES.get(suffix, suffix or "text"), user=user)
+        self.files[f.id] = f
+        return self._file_payload(f)
 
     async def _complete_upload(self, params: dict) -> dict:
         items = _maybe_json(params.get("files"))
@@ -803,30 +839,43 @@ class SlackEmulator(LocalServer):
     # ---- users' messages, events and commands ------------------------------------------
 
     def post_user_message(self, user: str, text: str, channel: str | None = None,
-                          thread_ts: str | None = None, mention: bool = False) -> SlackMessage:
+                          thread_ts: str | None = None, mention: bool = False,
+                          files: list[dict] | None = None) -> SlackMessage:
         """Store a human's message (so conversations.replies sees it). mention prefixes
-        ``<@BOT> `` unless present."""
+        ``<@BOT> `` unless present. files: what user_file returned, shared with the message
+        (Slack then gives it the subtype file_share)."""
         mark = f"<@{self.bot_user_id}>"
         if mention and mark not in text:
             text = f"{mark} {text}"
-        return self._store(self._channel_id(channel or self.channel), user, text, None, thread_ts, "user")
+        msg = self._store(self._channel_id(channel or self.channel), user, text, None, thread_ts, "user",
+                          [f["id"] for f in files or []])
+        if files:
+            msg.subtype = "file_share"
+        return msg
 
     def app_mention(self, user: str, text: str, channel: str | None = None,
-                    thread_ts: str | None = None) -> dict:
-        """A human mentions the bot: the message is stored, the app_mention event returned."""
-        msg = self.post_user_message(user, text, channel, thread_ts, mention=True)
+                    thread_ts: str | None = None, files: list[dict] | None = None) -> dict:
+        """A human mentions the bot: the message is stored, the app_mention event returned
+        (with the `files` shared with it, as Slack's app_mention carries them)."""
+        msg = self.post_user_message(user, text, channel, thread_ts, mention=True, files=files)
         event = {"type": "app_mention", "user": user, "text": msg.text, "ts": msg.ts, "channel": msg.channel,
                  "event_ts": msg.ts, "team": self.team_id,
                  "blocks": [{"type": "rich_text", "block_id": "emu", "elements": [
                      {"type": "rich_text_section", "elements": [{"type": "text", "text": msg.text}]}]}]}
         if msg.thread_ts:
             event["thread_ts"] = msg.thread_ts
-        return event
+        return event | self._shared(msg)
+
+    def _shared(self, msg: SlackMessage) -> dict:
+        """The `files` of an event for a message that shares files (and `upload`)."""
+        if not msg.files:
+            return {}
+        return {"files": [self._file_payload(self.files[i]) for i in msg.files], "upload": msg.origin == "user"}
 
     def message_event(self, msg: SlackMessage) -> dict:
         """The ``message`` event (channel_type channel) for a stored message."""
         return {**msg.payload(), "channel": msg.channel, "event_ts": msg.ts, "channel_type": "channel",
-                "team": self.team_id}
+                "team": self.team_id, **self._shared(msg)}
 
     def event_callback(self, event: dict, event_id: str | None = None) -> dict:
         """The Events API body wrapping `event` (same body in Socket Mode and HTTP mode)."""
@@ -838,9 +887,9 @@ class SlackEmulator(LocalServer):
                                     "is_bot": True, "is_enterprise_install": False}]}
 
     async def push_mention(self, user: str, text: str, channel: str | None = None,
-                           thread_ts: str | None = None) -> tuple[str, dict]:
+                           thread_ts: str | None = None, files: list[dict] | None = None) -> tuple[str, dict]:
         """app_mention over Socket Mode; returns (envelope_id, event)."""
-        event = self.app_mention(user, text, channel, thread_ts)
+        event = self.app_mention(user, text, channel, thread_ts, files)
         return await self.push_socket_event("events_api", self.event_callback(event)), event
 
     def dm_event(self, msg: SlackMessage) -> dict:
@@ -848,11 +897,12 @@ class SlackEmulator(LocalServer):
         stored DM message."""
         return {**self.message_event(msg), "channel_type": "im"}
 
-    async def push_dm(self, user: str, text: str, thread_ts: str | None = None) -> tuple[str, dict]:
+    async def push_dm(self, user: str, text: str, thread_ts: str | None = None,
+                      files: list[dict] | None = None) -> tuple[str, dict]:
         """`user` writes to the bot in their DM (in an assistant thread when thread_ts names
-        its root): the message is stored and its event pushed over Socket Mode; returns
-        (envelope_id, event)."""
-        msg = self.post_user_message(user, text, self.im_channel(user), thread_ts)
+        its root), sharing `files` (user_file's) if given: the message is stored and its event
+        pushed over Socket Mode; returns (envelope_id, event)."""
+        msg = self.post_user_message(user, text, self.im_channel(user), thread_ts, files=files)
         event = self.dm_event(msg)
         return await self.push_socket_event("events_api", self.event_callback(event)), event
 

@@ -159,19 +159,36 @@ def test_layers_by_slash_command_and_by_asking(tmp_path):
             slash = await emu.push_interaction(dave, "layers")
             summary = await emu.wait_for(lambda: "LlamaForCausalLM" in (_edited_original(emu, slash["id"]) or "")
                                          and _edited_original(emu, slash["id"]), timeout=60)
+            def slash_files():
+                found = [a for m in emu.messages.values() if m.interaction_id == slash["id"] for a in m.attachments]
+                return found if len(found) == 2 else None  # the tree, then the picture
+
+            await emu.wait_for(slash_files, timeout=60)
             asked = await emu.push_message(dave, "show me the layers", mentions_bot=True)
-            files = await emu.wait_for(
-                lambda: [m for m in emu.bot_messages() if m.attachments and _answers(emu, m, asked["id"])], timeout=60)
+
+            def attached():
+                found = [m for m in emu.bot_messages() if m.attachments and _answers(emu, m, asked["id"])]
+                return found if len(found) == 2 else None
+
+            files = await emu.wait_for(attached, timeout=60)
             answer = [m for m in emu.bot_messages() if _answers(emu, m, asked["id"]) and not m.attachments]
-            slash_files = [a for m in emu.messages.values() if m.interaction_id == slash["id"] for a in m.attachments]
-            return summary, slash_files, answer, files
+            return summary, slash_files(), answer, files
 
     summary, slash_files, answer, files = asyncio.run(run())
     assert "`smollm2` · LlamaForCausalLM" in summary and "memory: 538.1 MB" in summary
-    assert slash_files and slash_files[0]["filename"] == "smollm2-layers.txt"
+    assert [a["filename"] for a in slash_files] == ["smollm2-layers.txt", "smollm2-layers.png"]
     assert answer[0].content.split("\n")[:3] == summary.split("\n")[:3]  # the same answer as /layers
     assert files[0].attachments[0]["filename"] == "smollm2-layers.txt"
     assert b"LlamaForCausalLM" in files[0].attachments[0]["data"]
+    # the picture, as bytes over multipart: a PNG that opens, at its size, captioned
+    import io
+
+    from PIL import Image
+
+    assert files[1].attachments[0]["filename"] == "smollm2-layers.png" and files[1].content == "layers as a picture"
+    for png in (slash_files[1]["data"], files[1].attachments[0]["data"]):
+        assert Image.open(io.BytesIO(png)).size == (1200, 675)
+    assert slash_files[1]["data"] == files[1].attachments[0]["data"]
 
 
 def test_compare_answers_with_both_models_labelled(tmp_path):
@@ -188,11 +205,22 @@ def test_compare_answers_with_both_models_labelled(tmp_path):
                 done = [m for m in messages if FOOTER.search(m.content or "")]
                 return messages if len(done) == 2 else None
 
-            return await emu.wait_for(both, timeout=90)
+            messages = await emu.wait_for(both, timeout=90)
+            # the typed `layers` option, without a prompt: one picture with both models side by side
+            drawn = await emu.push_interaction(erin, "compare", {"layers": "smollm2,second"})
+            pictures = await emu.wait_for(lambda: [a for m in emu.messages.values() if m.interaction_id == drawn["id"]
+                                                   for a in m.attachments], timeout=90)
+            return messages, pictures
 
-    messages = asyncio.run(run())
+    messages, pictures = asyncio.run(run())
     labelled = sorted(m.content.split("\n", 1)[0] for m in messages if FOOTER.search(m.content or ""))
     assert labelled == ["**── second ──**", "**── smollm2 ──**"]
+    import io
+
+    from PIL import Image
+
+    assert [a["filename"] for a in pictures] == ["smollm2-vs-second-layers.png"]
+    assert Image.open(io.BytesIO(pictures[0]["data"])).size == (1800, 675)
 
 
 def test_a_long_answer_is_split_without_loss_or_duplication(tmp_path):
@@ -260,7 +288,8 @@ def test_model_switch_for_admins_only(tmp_path):
     assert [(c["name"], c["description"]) for c in synced] == [(spec.name, spec.summary) for spec in table]
     assert [[(o["name"], o["description"], o.get("required", False)) for o in c["options"]] for c in synced] == \
         [sorted([(o.name, o.description, o.required) for o in spec.options], key=lambda o: not o[2]) for spec in table]
-    assert [c["name"] for c in synced] == ["model", "models", "layers", "compare", "stop", "stats", "help"]
+    assert [c["name"] for c in synced] == ["model", "models", "layers", "compare", "settings", "stop", "stats",
+                                           "help"]
     permissions = {c["name"]: c.get("default_member_permissions") for c in synced}
     assert int(permissions.pop("model")) == MANAGE_GUILD  # hidden from members who cannot manage the server
     assert set(permissions.values()) == {None}

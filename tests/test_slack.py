@@ -213,10 +213,14 @@ def test_layers_by_slash_command_and_by_asking(tmp_path):
         async with socket_bot(tmp_path) as (emu, config):
             dave = emu.user("dave")
             eid = await emu.push_socket_event("slash_commands", emu.slash_command(dave, "/layers"))
-            by_command = await emu.wait_for(lambda: [f for f in emu.files.values() if f.completed], timeout=60)
+            def uploaded(thread_ts=None):  # the tree, then the picture
+                found = [f for f in emu.files.values() if f.completed and thread_ts in (None, f.thread_ts)]
+                return found if len(found) == 2 else None
+
+            by_command = await emu.wait_for(uploaded, timeout=60)
             assert emu.acks[eid].time - emu.envelopes[eid].time < 3  # acked at once, though loading took longer
             _, event = await emu.push_mention(dave, "show me the layers")
-            asked = await emu.wait_for(lambda: [f for f in emu.files.values() if f.thread_ts == event["ts"]], timeout=60)
+            asked = await emu.wait_for(lambda: uploaded(event["ts"]), timeout=60)
             return emu, by_command, event, asked
 
     emu, by_command, event, asked = asyncio.run(run())
@@ -228,6 +232,32 @@ def test_layers_by_slash_command_and_by_asking(tmp_path):
     summary = emu.bot_messages(thread_ts=event["ts"])[0].text
     assert to_mrkdwn(summary).split("\n")[:3] == anchor.text.split("\n")[1:4]  # the same answer as /layers
     assert asked[0].filename == "smollm2-layers.txt" and asked[0].data == by_command[0].data
+    # the picture, uploaded as bytes: a PNG that opens, at its size, in the same thread, captioned
+    import io
+
+    from PIL import Image
+
+    for picture, thread in ((by_command[1], anchor.ts), (asked[1], event["ts"])):
+        assert picture.filename == "smollm2-layers.png" and picture.thread_ts == thread
+        assert Image.open(io.BytesIO(picture.data)).size == (1200, 675)
+        assert [m.text for m in emu.bot_messages(thread_ts=thread) if m.files == [picture.id]] == ["layers as a picture"]
+
+
+def test_layers_without_files_write_sends_the_tree_as_text_and_says_the_picture_is_missing(tmp_path):
+    async def run():
+        async with socket_bot(tmp_path) as (emu, config):
+            emu.fail_next("files.getUploadURLExternal", 200, error="missing_scope", times=2)
+            _, event = await emu.push_mention(emu.user("dave"), "show me the layers")
+            said = await emu.wait_for(lambda: [m.text for m in emu.bot_messages(thread_ts=event["ts"])
+                                               if "could not upload" in m.text], timeout=60)
+            return emu, event, said
+
+    emu, event, said = asyncio.run(run())
+    texts = [m.text for m in emu.bot_messages(thread_ts=event["ts"])]
+    assert any(text.startswith("full module tree\n```") and "LlamaForCausalLM" in text for text in texts)
+    assert said == ["I could not upload smollm2-layers.png (layers as a picture) here: Slack refused the upload "
+                    "(missing_scope; the app needs the files:write scope)."]
+    assert not [f for f in emu.files.values() if f.completed]
 
 
 def test_compare_answers_with_both_models_labelled(tmp_path):
@@ -417,7 +447,8 @@ def test_the_app_manifest_matches_the_command_table_and_asks_for_what_the_fronte
                         ("chat_update", "chat:write"), ("chat_startStream", "chat:write"),
                         ("assistant_threads_setStatus", "assistant:write"),
                         ("assistant_threads_setSuggestedPrompts", "assistant:write"),
-                        ("app_mention", "app_mentions:read"), ("channel_type", "im:history")):
+                        ("app_mention", "app_mentions:read"), ("channel_type", "im:history"),
+                        ("url_private", "files:read")):
         assert call in code and scope in scopes, (call, scope)
 
 

@@ -228,8 +228,13 @@ def test_files_upload_v2_and_errors():
             (share,) = emu.bot_messages(thread_ts=parent.ts)
             assert share.text == "here you go" and share.files == [f.id]
             async with aiohttp.ClientSession() as http:
-                async with http.get(result["file"]["url_private"]) as resp:
+                async with http.get(result["file"]["url_private"],
+                                    headers={"Authorization": f"Bearer {emu.bot_token}"}) as resp:
                     assert await resp.read() == b"hello bytes"
+                async with http.get(result["file"]["url_private"]) as resp:  # no token: Slack's sign-in page
+                    assert resp.status == 200 and resp.content_type == "text/html"
+                    assert b"hello bytes" not in await resp.read()
+            assert emu.downloads == [(f.id, True), (f.id, False)]
 
             # Slack-style errors: HTTP 200 with ok false, raised by slack_sdk as SlackApiError
             with pytest.raises(SlackApiError) as err:

@@ -22,6 +22,8 @@ CHANNEL = "console"
 
 
 class ConsoleStream:
+    thinking_style = "console"  # a reasoning model's thinking, when shown: marked lines
+
     def __init__(self, out: TextIO, header: str = "", show_footer: bool = True, show_errors: bool = True,
                  err: TextIO | None = None):
         self._out = out
@@ -76,11 +78,14 @@ class ConsoleReply:
         self.out.write(text.rstrip("\n") + "\n")
         self.out.flush()
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
         # A terminal has no attachments: save the file and say where, instead of flooding the screen.
         self.attachments_dir.mkdir(parents=True, exist_ok=True)
         path = self.attachments_dir / Path(filename).name
-        path.write_text(content, encoding="utf-8")
+        if isinstance(content, bytes):  # a picture (/layers' PNG)
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
         self.out.write(f"[{caption or 'attachment'} saved to {path}]\n")
         self.out.flush()
 

@@ -6,7 +6,8 @@ a channel takes a slot of that channel's budget (Discord allows 5 message writes
 per channel) and of the bot-wide one, so many answers at once stay inside Discord's limits;
 a 429, 5xx or network error is waited out and retried, never shown as the answer. Model text
 never pings anyone (allowed_mentions: none). A conversation is the reply chain: replying to
-the bot's answer continues it. Slash commands, built from bot/command_table.py, defer within
+the bot's answer continues it. Text files attached to a question join it (bot/attachments.py).
+Slash commands, built from bot/command_table.py, defer within
 Discord's 3 s and answer through the interaction's webhook (ephemerally for /help, /stats,
 refusals and errors), falling back to channel messages once the 15-minute token expired.
 The steps from question to answer are the shared intake's (bot/frontends/intake.py).
@@ -22,6 +23,7 @@ import re
 import time
 from typing import Any, Optional
 
+from bot.attachments import AttachedFile
 from bot.command_table import CommandSpec, offered
 from bot.commands import as_command
 from bot.frontends.discord_settings import DiscordSettings, check_ready, parse_discord_settings
@@ -29,6 +31,7 @@ from bot.frontends.intake import Intake, Places, Question
 from bot.frontends.message_reply import MessageReplyBase
 from bot.frontends.registry import FrontendType
 from bot.host import Host
+from bot.reasoning import without_thinking
 from bot.reply import ReplyGone
 from bot.streaming import TransientWriteError, deliver
 from bot.write_budget import FINAL, KeyedWindows, WriteBudget, WriteWindow
@@ -82,6 +85,12 @@ async def platform_write(call, where: str):
         raise TransientWriteError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def attached_files(message: Any) -> tuple[AttachedFile, ...]:
+    """The message's attachments; each downloads from Discord's CDN (Attachment.read) only
+    once its name, type and size passed bot/attachments.py's checks."""
+    return tuple(AttachedFile(a.filename, a.size, a.content_type, a.read) for a in message.attachments)
+
+
 class DiscordFrontend:
     def __init__(self, host: Host, settings: DiscordSettings):
         import discord
@@ -92,7 +101,8 @@ class DiscordFrontend:
         point_discord_py_at(settings)
         _quiet_voice_warning()
         self.places = Places(frozenset(str(c) for c in settings.channels), settings.allow_dms)
-        self.intake = Intake(host, frontend="discord", model_switch=settings.model_switch, compare=settings.compare)
+        self.intake = Intake(host, frontend="discord", model_switch=settings.model_switch, compare=settings.compare,
+                             settings_change=settings.settings_change)
         self._channel_writes = KeyedWindows(settings.writes_per_channel, settings.write_window, "discord channel")
         self._bot_writes = WriteWindow(BOT_WRITES_PER_SECOND, 1.0, "discord bot-wide")
         intents = discord.Intents.default()
@@ -153,7 +163,8 @@ class DiscordFrontend:
             return
         question = Question(key=message.id, channel=str(message.channel.id), user=str(message.author.id),
                             text=as_command(self._without_mention(message.content)),
-                            is_admin=self._is_admin(message.author), read_history=lambda: self._history(message))
+                            is_admin=self._is_admin(message.author), read_history=lambda: self._history(message),
+                            files=attached_files(message))
         await self.intake.answer(question, MessageReply(message, self.settings, self.budget(message.channel.id)))
 
     def _allowed_place(self, channel: Any, dm: bool) -> bool:
@@ -211,7 +222,7 @@ class DiscordFrontend:
                 turns[0]["content"] = content + turns[0]["content"]  # parts of one split reply
             else:
                 turns.insert(0, {"role": role, "content": content})
-        return [turn for turn in turns if turn["content"].strip()]
+        return without_thinking(turns)
 
     def _is_admin(self, author: Any) -> bool:
         ids = {author.id, *(role.id for role in getattr(author, "roles", []))}
@@ -229,13 +240,21 @@ class DiscordFrontend:
         async def complete_model(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
+        def complete_from(choices: tuple[str, ...]):
+            async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+                return [app_commands.Choice(name=c, value=c) for c in choices if current.lower() in c.lower()][:25]
+            return complete
+
         for spec in offered(host_keeps_history=False):
             command = app_commands.Command(name=spec.name, description=spec.summary,
                                            callback=self._command_callback(spec))
             for option in spec.options:
                 if option.model_name:
                     command.autocomplete(option.name)(complete_model)
+                elif option.choices:
+                    command.autocomplete(option.name)(complete_from(option.choices))
             if ((spec.switches_model and self.settings.model_switch == "admins")
+                    or (spec.changes_settings and self.settings.settings_change == "admins")
                     or (spec.name == "compare" and self.settings.compare == "admins")):
                 # hidden from members without Manage Server; a server can grant it per role
                 command.default_permissions = discord.Permissions(manage_guild=True)
@@ -294,6 +313,8 @@ class DiscordFrontend:
 class _DiscordReply(MessageReplyBase):
     """Discord's edits; the posting is the subclass's (a reply, or an interaction's webhook)."""
 
+    thinking_style = "spoiler"  # a reasoning model's thinking, when shown: click to reveal
+
     def __init__(self, settings: DiscordSettings, budget: WriteBudget, where: str):
         super().__init__(settings.message_limit, settings.edit_interval, post_budget=budget, edit_budget=budget,
                          name=f"discord reply in {where}")
@@ -316,11 +337,13 @@ class MessageReply(_DiscordReply):
         super().__init__(settings, budget, f"channel {message.channel.id}")
         self.message = message
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
         import discord
 
+        raw = content if isinstance(content, bytes) else content.encode("utf-8")
+
         def upload():  # a discord.File is read once: a retry needs a new one
-            data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
+            data = discord.File(io.BytesIO(raw), filename=filename)
             return self.message.channel.send(content=caption or None, file=data, reference=self._reference(None),
                                              mention_author=False)
 
@@ -379,11 +402,13 @@ class InteractionReply(_DiscordReply):
             await self._deliver(self.interaction.delete_original_response)
         await self._deliver(lambda: self.interaction.followup.send(text, ephemeral=True))
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
         import discord
 
+        raw = content if isinstance(content, bytes) else content.encode("utf-8")
+
         def upload():
-            data = discord.File(io.BytesIO(content.encode("utf-8")), filename=filename)
+            data = discord.File(io.BytesIO(raw), filename=filename)
             if self._expired():
                 return self.interaction.channel.send(content=caption or None, file=data)
             if not self._used_original:

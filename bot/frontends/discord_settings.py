@@ -24,6 +24,7 @@ class DiscordSettings:
     admins: frozenset[int] = field(default_factory=frozenset)  # user or role ids
     model_switch: str = "everyone"  # everyone | admins
     compare: str = "everyone"  # everyone | admins: who may run /compare (it loads every model in turn)
+    settings_change: str = "everyone"  # everyone | admins: who may change a channel's /settings
     allow_dms: bool = False
     edit_interval: float = 1.0  # seconds between edits of a streamed reply
     message_limit: int = 2000  # Discord's; lower only to test splitting
@@ -35,7 +36,8 @@ class DiscordSettings:
 
 def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
     known = {"enabled", "token", "api_base", "gateway_url", "guilds", "channels", "admins", "model_switch",
-             "compare", "allow_dms", "edit_interval", "message_limit", "writes_per_channel", "write_window"}
+             "compare", "settings_change", "allow_dms", "edit_interval", "message_limit", "writes_per_channel",
+             "write_window"}
     raw = read_section("discord", section, _ENV_OVERRIDES, known)
     settings = DiscordSettings(
         enabled=flag(raw.get("enabled", False)),
@@ -47,6 +49,7 @@ def parse_discord_settings(section: dict[str, Any]) -> DiscordSettings:
         admins=frozenset(_ids(raw.get("admins"), "admins")),
         model_switch=model_switch(raw, "discord"),
         compare=who_may(raw, "discord", "compare"),
+        settings_change=who_may(raw, "discord", "settings_change"),
         allow_dms=flag(raw.get("allow_dms", False)),
         edit_interval=seconds(raw, "discord", "edit_interval", 1.0),
         message_limit=whole_number(raw, "discord", "message_limit", 2000, 100, 2000),

@@ -4,8 +4,9 @@ done", the same steps on every platform.
 A frontend decides whether a platform event is addressed to the bot (mentions, threads,
 DMs: each platform has its own rules) and builds a Question and a reply for it. The intake
 then: checks the place (`channels:`, `allow_dms`), posts the placeholder, remembers the
-task so that a deleted question or a shutdown can stop it, refuses a model switch or a
-/compare by a non-admin where the config says so, reads the history only when the model needs it, and hands the rest to the host.
+task so that a deleted question or a shutdown can stop it, refuses a model switch, a
+/compare or a /settings change by a non-admin where the config says so, reads the history
+only when the model needs it, reads attached files, and hands the rest to the host.
 However it ends (answered, failed, deleted, stopped), the reply is closed with a clear last
 word, and a reply deleted under the bot ends quietly.
 """
@@ -18,7 +19,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.commands import compare_refusal, model_switch_refusal
+from bot.attachments import AttachedFile, FileRefused, read_text_files
+from bot.commands import compare_refusal, model_switch_refusal, settings_refusal
 from bot.host import ChatEvent, Host
 from bot.reply import Reply, ReplyGone, notice
 from bot.write_budget import write_waits
@@ -56,6 +58,8 @@ class Question:
     read_history: Callable[[], Awaitable[list[dict]]] | None = None
     #: the platform has no conversations of its own (a terminal): the host keeps the channel's
     host_keeps_history: bool = False
+    #: files attached to the message (bot/attachments.py): read before the model is asked
+    files: tuple[AttachedFile, ...] = ()
 
 
 class ChatReply(Reply, Protocol):
@@ -70,11 +74,13 @@ class ChatReply(Reply, Protocol):
 
 
 class Intake:
-    def __init__(self, host: Host, *, frontend: str, model_switch: str, compare: str = "everyone"):
+    def __init__(self, host: Host, *, frontend: str, model_switch: str, compare: str = "everyone",
+                 settings_change: str = "everyone"):
         self.host = host
         self.frontend = frontend
         self.model_switch = model_switch
         self.compare = compare  # everyone | admins: who may run /compare
+        self.settings_change = settings_change  # everyone | admins: who may change a channel's /settings
         self.accepting = True
         self._answering: dict[Hashable, tuple[asyncio.Task, Any]] = {}
         self._stop_reasons: dict[Hashable, str] = {}
@@ -109,16 +115,23 @@ class Intake:
 
     async def _handle(self, question: Question, reply: ChatReply) -> None:
         refusal = (model_switch_refusal(question.text, self.model_switch, question.is_admin)
-                   or compare_refusal(question.text, self.compare, question.is_admin))
+                   or compare_refusal(question.text, self.compare, question.is_admin)
+                   or settings_refusal(question.text, self.settings_change, question.is_admin))
         if refusal:
             await notice(reply, refusal)
+            return
+        try:  # before the history: a refused file needs no history read
+            wants_files = question.files and not question.text.startswith("/")
+            files = await read_text_files(list(question.files)) if wants_files else []
+        except FileRefused as exc:
+            await notice(reply, str(exc))
             return
         wants_history = question.read_history is not None and not question.text.startswith("/")
         history = await question.read_history() if wants_history else []
         if question.host_keeps_history:
             history = None
         event = ChatEvent(channel=question.channel, user=question.user, text=question.text, history=history,
-                          frontend=self.frontend)
+                          frontend=self.frontend, files=files)
         await self.host.handle(event, reply)
 
     def stop(self, key: Hashable, why: str = DELETED) -> None:

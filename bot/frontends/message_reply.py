@@ -80,9 +80,13 @@ class MessageReplyBase:
         placeholder here; a platform with a status display of its own overrides this."""
         await stream.status(text)
 
+    #: how a reasoning model's thinking is folded away when shown (bot/reasoning.py's `collapsed`)
+    thinking_style = "quote"
+
     def stream(self, header: str = "") -> "LabelledStream":
         stream = self._take_stream()
-        return LabelledStream(stream, header, status=lambda text: self._show_status(stream, text))
+        return LabelledStream(stream, header, status=lambda text: self._show_status(stream, text),
+                              thinking_style=self.thinking_style)
 
     async def close(self, stopped: str | None = None) -> None:
         """The host is done (or was stopped, saying why): end any stream it left open, and wait
@@ -118,11 +122,12 @@ class LabelledStream:
     """The host's ReplyStream over a StreamedMessage, with an optional header line, notes kept
     for the footer, and the queue position shown while waiting."""
 
-    def __init__(self, message: StreamedMessage, header: str = "", status=None):
+    def __init__(self, message: StreamedMessage, header: str = "", status=None, thinking_style: str = "quote"):
         self._message = message
         self._header = header
         self._status = status or message.status
         self._notes: list[str] = []
+        self.thinking_style = thinking_style
 
     async def note(self, text: str) -> None:
         self._notes.append(text)  # shown in the footer, so it stays with the answer
@@ -147,3 +152,7 @@ class LabelledStream:
     async def queued(self, position: int) -> None:
         if position > 0:
             await self._status(f"queued: {ordinal(position)}")
+
+    async def status(self, text: str) -> None:
+        """A passing status ("… thinking") while the answer has no words yet."""
+        await self._status(text)

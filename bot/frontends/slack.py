@@ -5,7 +5,8 @@ A mention is answered in a thread under it (bot/frontends/slack_reply.py: Slack'
 streaming where the workspace has it, else a placeholder grown by chat.update). A
 conversation is the thread: later messages there continue it without a mention, with the
 thread (`conversations.replies`) as history. Direct messages need no mention; the assistant
-view offers suggested prompts. Slash commands, built from bot/command_table.py, are acked at
+view offers suggested prompts. Text files shared with a question join it (bot/attachments.py),
+downloaded with the bot token (files:read). Slash commands, built from bot/command_table.py, are acked at
 once and answered in the channel; /help, /stats, refusals and errors only to the asker.
 Socket Mode (the default) needs no public URL; HTTP mode serves Bolt's request URL on a port
 behind bot/frontends/slack_http.py's checks. The steps from question to answer are the
@@ -15,11 +16,13 @@ shared intake's (bot/frontends/intake.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import OrderedDict
 from typing import Any
 
+from bot.attachments import AttachedFile, FileRefused
 from bot.command_table import BY_NAME, offered
 from bot.commands import as_command
 from bot.frontends.intake import Intake, Places, Question
@@ -30,6 +33,7 @@ from bot.frontends.slack_reply import (
 )
 from bot.frontends.slack_settings import SlackSettings, check_credentials, parse_slack_settings
 from bot.host import Host
+from bot.reasoning import without_thinking
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ _NOT_SAID = ("…", "queued:", "⚠️", "error:")  # placeholders and errors: n
 THREAD_LIMIT = 1000  # messages read from a thread for history (trimmed by tokens afterwards)
 _REMEMBERED = 10_000  # handled messages, commands and known threads kept for de-duplication
 SHUTDOWN_TIMEOUT = 10.0
+DOWNLOAD_TIMEOUT = 60.0  # seconds for one shared file (files:read)
 NOT_HERE = "I am not set up to answer in this channel."
 SUGGESTED_PROMPTS = [
     {"title": "Ask a question", "message": "What is 4-bit NF4 quantization, in two sentences?"},
@@ -89,7 +94,8 @@ class SlackFrontend:
                             request_verification_enabled=settings.mode == "http")
         self.workspace = Workspace(self.client, settings, SlackBudgets(settings))
         self.places = Places(frozenset(settings.channels), settings.allow_dms)
-        self.intake = Intake(host, frontend="slack", model_switch=settings.model_switch, compare=settings.compare)
+        self.intake = Intake(host, frontend="slack", model_switch=settings.model_switch, compare=settings.compare,
+                             settings_change=settings.settings_change)
         self.bot_user_id = ""
         self.bot_id = ""
         self._handled = _Recent()  # (channel, ts) of messages answered, and commands: retries and replays
@@ -205,7 +211,8 @@ class SlackFrontend:
             key=(channel, ts), channel=channel, user=user,
             text=as_command(from_slack(event.get("text", ""), drop_user=self.bot_user_id)),
             is_admin=user in self.settings.admins,
-            read_history=(lambda: self._thread_history(channel, thread_ts, ts)) if in_thread else None)
+            read_history=(lambda: self._thread_history(channel, thread_ts, ts)) if in_thread else None,
+            files=shared_files(event, self.settings.bot_token))
         await self.intake.answer(question, ThreadReply(self.workspace, channel, thread_ts, user, dm))
 
     def on_deleted(self, event: dict) -> None:
@@ -264,7 +271,7 @@ class SlackFrontend:
                 if content.startswith(_NOT_SAID):
                     continue
                 role = "assistant"
-            elif message.get("bot_id") or message.get("subtype"):
+            elif message.get("bot_id") or message.get("subtype") not in (None, "file_share", "thread_broadcast"):
                 continue  # other bots and channel events are not part of the conversation
             else:
                 role = "user"
@@ -273,7 +280,7 @@ class SlackFrontend:
                 turns[-1]["content"] = join_parts(turns[-1]["content"], content)  # one reply, split in messages
             else:
                 turns.append({"role": role, "content": content})
-        return [turn for turn in turns if turn["content"].strip()]
+        return without_thinking(turns)
 
     def _is_mine(self, message: dict) -> bool:
         return message.get("user") == self.bot_user_id or (bool(self.bot_id) and message.get("bot_id") == self.bot_id)
@@ -311,6 +318,46 @@ def join_parts(first: str, second: str) -> str:
 def _shorten(text: str, limit: int = 150) -> str:
     text = " ".join(text.replace("`", "'").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shared_files(event: dict, token: str) -> tuple[AttachedFile, ...]:
+    """The files shared with a message (the `files` of a `message` event, subtype file_share,
+    or of an `app_mention`); each is downloaded with the bot token only once its name, type
+    and size passed bot/attachments.py's checks."""
+    files = [f for f in event.get("files") or [] if f.get("mode") != "tombstone"]  # tombstone: deleted
+    return tuple(AttachedFile(_file_name(f), int(f.get("size") or 0), f.get("mimetype"),
+                              functools.partial(download_file, f, token)) for f in files)
+
+
+async def download_file(file: dict, token: str) -> bytes:
+    """A file's bytes from url_private(_download), with `Authorization: Bearer <bot token>`.
+    Slack answers a token without files:read (or none) with its sign-in page, HTML with status
+    200: for a file that is not HTML itself that means the scope is missing."""
+    import aiohttp
+
+    url = file.get("url_private_download") or file.get("url_private")
+    if not url:
+        raise FileRefused(f"I could not download {_file_name(file)}: Slack did not say where it is.")
+    timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            response.raise_for_status()
+            if response.content_type == "text/html" and not _is_html(file):
+                log.warning("slack: downloading %s gave an HTML page: the bot token lacks files:read", file.get("id"))
+                raise FileRefused(
+                    f"I could not download {_file_name(file)}: Slack sent its sign-in page instead, which means my "
+                    "token lacks the files:read scope. An admin can add files:read under OAuth & Permissions → "
+                    "Bot Token Scopes (or paste docs/slack-manifest.yaml), then reinstall the app.")
+            return await response.read()
+
+
+def _file_name(file: dict) -> str:
+    return file.get("name") or file.get("title") or file.get("id") or "the file"
+
+
+def _is_html(file: dict) -> bool:
+    return (file.get("filetype") == "html" or (file.get("mimetype") or "").startswith("text/html")
+            or _file_name(file).lower().endswith((".html", ".htm")))
 
 
 FRONTEND = FrontendType("slack", parse_settings=parse_slack_settings, check_ready=check_credentials,

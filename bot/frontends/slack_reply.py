@@ -172,15 +172,23 @@ class SlackReply(MessageReplyBase):
         self.channel = channel
         self.thread_ts = thread_ts
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
         from slack_sdk.errors import SlackApiError
 
+        data = {"file": content} if isinstance(content, bytes) else {"content": content}  # bytes: a picture
         try:
             await deliver(lambda: slack_write(lambda: self.client.files_upload_v2(
-                channel=self.channel, thread_ts=self.thread_ts, content=content, filename=filename, title=filename,
+                channel=self.channel, thread_ts=self.thread_ts, **data, filename=filename, title=filename,
                 initial_comment=caption or None), f"channel {self.channel}"),
                 budget=self.post_budget, priority=FINAL, retry=self.retry, what=f"upload to {self.channel}")
-        except SlackApiError:  # e.g. no files:write scope: the same text as a snippet instead
+        except SlackApiError as exc:  # e.g. no files:write scope: the same text as a snippet instead
+            if isinstance(content, bytes):  # a picture cannot be a snippet: say why it is missing
+                error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+                log.warning("slack: file upload refused in %s (%s)", self.channel, error)
+                hint = "; the app needs the files:write scope" if error == "missing_scope" else ""
+                await self.send(f"I could not upload {filename} ({caption or 'a picture'}) here: "
+                                f"Slack refused the upload ({error}{hint}).")
+                return
             log.warning("slack: file upload refused in %s; sending it as text", self.channel)
             await self.send(f"{caption}\n```\n{content}\n```" if caption else f"```\n{content}\n```")
 
@@ -372,7 +380,10 @@ class PrivateReply:
     async def notice(self, text: str) -> None:
         await respond_privately(self.respond, text)
 
-    async def send_file(self, filename: str, content: str, caption: str = "") -> None:
+    async def send_file(self, filename: str, content: str | bytes, caption: str = "") -> None:
+        if isinstance(content, bytes):  # a response_url takes text only
+            await self.send(f"({caption or filename} is a picture; a private answer cannot carry it)")
+            return
         await self.send(f"{caption}\n```\n{content}\n```")
 
     async def progress(self, text: str) -> None:

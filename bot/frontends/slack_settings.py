@@ -12,7 +12,8 @@ DEFAULT_API_BASE = "https://slack.com/api/"
 _ENV_OVERRIDES = {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN",
                   "signing_secret": "SLACK_SIGNING_SECRET", "api_base": "SLACK_API_BASE", "port": "SLACK_PORT"}
 _KNOWN = {"enabled", "mode", "bot_token", "app_token", "signing_secret", "api_base", "host", "port", "path",
-          "channels", "admins", "model_switch", "compare", "edit_interval", "message_limit", "rate_limit_retries",
+          "channels", "admins", "model_switch", "compare", "settings_change", "edit_interval", "message_limit",
+          "rate_limit_retries",
           "edits_per_minute", "allow_dms", "streaming", "stream_starts_per_minute", "stream_appends_per_minute"}
 
 
@@ -31,6 +32,7 @@ class SlackSettings:
     admins: frozenset[str] = field(default_factory=frozenset)  # user ids (U…)
     model_switch: str = "everyone"  # everyone | admins
     compare: str = "everyone"  # everyone | admins: who may run /compare (it loads every model in turn)
+    settings_change: str = "everyone"  # everyone | admins: who may change a channel's /settings
     edit_interval: float = 1.5  # chat.update is Tier 3 (~50/min): one edit per 1.5 s per message
     message_limit: int = 3500  # a streamed message continues in a new one past this
     rate_limit_retries: int = 5  # 429s waited out (Retry-After) before giving up
@@ -62,6 +64,7 @@ def parse_slack_settings(section: dict[str, Any]) -> SlackSettings:
         admins=frozenset(_ids(raw.get("admins"), "admins")),
         model_switch=model_switch(raw, "slack"),
         compare=who_may(raw, "slack", "compare"),
+        settings_change=who_may(raw, "slack", "settings_change"),
         edit_interval=seconds(raw, "slack", "edit_interval", 1.5),
         message_limit=whole_number(raw, "slack", "message_limit", 3500, 100, 3900),
         rate_limit_retries=whole_number(raw, "slack", "rate_limit_retries", 5, 0, 100),

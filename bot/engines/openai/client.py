@@ -21,6 +21,7 @@ class Chunk:
     finish_reason: str | None = None
     completion_tokens: int | None = None  # the server's own counts, when it reports usage
     prompt_tokens: int | None = None
+    reasoning: str = ""  # a reasoning model's thinking, where the server sends it apart (vLLM's reasoning parser)
 
 
 class ReplicaFailed(Exception):
@@ -91,9 +92,19 @@ async def stream_chunks(client: Any, job: GenerationJob, model: str, options: Op
             response = await client.chat.completions.create(**arguments)
     except Exception as exc:  # noqa: BLE001 - sorted into ours, or raised as it is
         raise classify(exc) from None
+    thinking = False
     try:
         async for event in response:
-            yield _chunk(event, options.sends_ids)
+            chunk = _chunk(event, options.sends_ids)
+            # thinking sent apart is put back between <think> tags, as the model wrote it:
+            # the host treats every engine's reasoning text alike (bot/reasoning.py)
+            if chunk.reasoning and not thinking:
+                chunk.text, thinking = f"<think>{chunk.reasoning}{chunk.text}", True
+            elif chunk.reasoning:
+                chunk.text = chunk.reasoning + chunk.text
+            elif thinking and (chunk.text or chunk.finish_reason):
+                chunk.text, thinking = f"</think>{chunk.text}", False
+            yield chunk
     except Exception as exc:  # noqa: BLE001 - an error event inside the stream, or the connection broke
         raise classify(exc) from None
     finally:
@@ -122,7 +133,10 @@ def _chunk(event: Any, completions: bool) -> Chunk:
         return Chunk("", None, tokens, prompt_tokens)
     choice = event.choices[0]
     text = (choice.text if completions else getattr(choice.delta, "content", None)) or ""
-    return Chunk(text, choice.finish_reason, tokens, prompt_tokens)
+    # vLLM and DeepSeek's API: `reasoning_content`; newer vLLM and OpenRouter: `reasoning`
+    delta = None if completions else choice.delta
+    reasoning = (getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)) if delta else None
+    return Chunk(text, choice.finish_reason, tokens, prompt_tokens, reasoning if isinstance(reasoning, str) else "")
 
 
 def classify_status(exc: Any) -> Exception:
