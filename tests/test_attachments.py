@@ -247,3 +247,37 @@ def test_slack_a_shared_file_is_downloaded_with_the_token_and_without_files_read
     assert not any("tok/s" in text for r in (big_reply, png_reply, scope_reply) for text, _, _ in r.history)
     # downloaded with the token while it had files:read, the sign-in page after; the others never
     assert emu.downloads == [(notes["id"], True), (unreadable["id"], False)]
+
+
+def test_a_slack_thread_reads_back_a_message_shared_with_a_file_as_the_users_turn(tmp_path):
+    """A user's message with a file (subtype file_share) is part of the conversation: its text
+    is history, like any message of theirs; channel events and other bots' messages are not."""
+    from slack_emulator import SlackEmulator
+    from test_slack import bot_config as slack_config
+
+    from bot.frontends.slack import SlackFrontend
+    from bot.frontends.slack_settings import parse_slack_settings
+
+    async def run():
+        async with SlackEmulator() as emu:
+            config = slack_config(tmp_path, emu)
+            app = build_app(load_settings(config))
+            frontend = SlackFrontend(app.host, parse_slack_settings(app.settings.sections["slack"]))
+            try:
+                await frontend._identify()
+                amy = emu.user("amy")
+                root = emu.post_user_message(amy, "Can you read my notes?", mention=True)
+                await frontend.client.chat_postMessage(channel=root.channel, thread_ts=root.ts, text="Send them.")
+                notes = emu.user_file(amy, "notes.md", NOTES.encode())
+                emu.post_user_message(amy, "Here they are.", thread_ts=root.ts, files=[notes])
+                joined = emu.post_user_message(amy, "has joined the channel", thread_ts=root.ts)
+                joined.subtype = "channel_join"
+                last = emu.post_user_message(amy, QUESTION, thread_ts=root.ts)
+                return await frontend._thread_history(root.channel, root.ts, last.ts)
+            finally:
+                await app.close()
+
+    history = asyncio.run(run())
+    assert history == [{"role": "user", "content": "Can you read my notes?"},
+                       {"role": "assistant", "content": "Send them."},
+                       {"role": "user", "content": "Here they are."}]
