@@ -116,8 +116,12 @@ class BatchSession:
         return self.manager.is_running() and self.fatal_error is None
 
     def close(self) -> None:
+        """Stop the manager's thread at once. Whatever it still holds was cancelled or failed
+        (the worker closes a batch only when idle, unloading, failing or shutting down):
+        the default stop (flush) would first generate those requests to the end, which
+        held a shutdown for 10 s and more."""
         try:
-            self.manager.stop(block=True, timeout=30)
+            self.manager.stop(block=True, timeout=30, hard_stop=True)
         except Exception:  # noqa: BLE001 - a dead manager may fail to stop; it is dropped either way
             log.exception("stopping the batching manager failed")
         self.manager = None
