@@ -34,10 +34,6 @@ class ThinkingSplitter:
         self._pending = ""
         self.thought = False  # there was a thinking block
 
-    @property
-    def thinking(self) -> bool:
-        return self._state == "thinking"
-
     def feed(self, delta: str) -> list[tuple[str, str]]:
         self._pending += delta
         pieces: list[tuple[str, str]] = []
@@ -100,15 +96,14 @@ def collapsed(thinking: str, style: str) -> str:
     return f"> _{THINKING_LABEL}_\n" + "\n".join(lines) + "\n\n"
 
 
-_RAW_BLOCK = re.compile(rf"^\s*(?:{re.escape(OPEN)})?.*?{re.escape(CLOSE)}\s*", re.DOTALL)
+_RAW_BLOCK = re.compile(rf"^\s*{re.escape(OPEN)}.*?{re.escape(CLOSE)}\s*", re.DOTALL)  # leading only
 _SHOWN_LABEL = re.compile(rf"^\s*(?:-# |> _?|\[){re.escape(THINKING_LABEL)}")
 
 
 def strip_thinking(text: str) -> str:
     """An earlier answer as the model should see it again: without its thinking, whether raw
     (<think>…</think>) or shown collapsed by `collapsed`."""
-    if CLOSE in text:
-        text = _RAW_BLOCK.sub("", text, count=1)
+    text = _RAW_BLOCK.sub("", text, count=1)
     if not _SHOWN_LABEL.match(text):
         return text
     label, _, body = text.lstrip().partition("\n")

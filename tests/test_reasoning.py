@@ -152,3 +152,5 @@ def test_collapsed_thinking_is_stripped_from_history_in_every_style(style):
     assert strip_thinking(shown) == "The answer.\n\nIts second paragraph."
     assert strip_thinking("<think>x</think>\n\nThe answer.") == "The answer."
     assert strip_thinking("No thinking here > really.") == "No thinking here > really."
+    explained = "Close it with </think>, then answer."  # an answer about the tags keeps its words
+    assert strip_thinking(explained) == explained
