@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.errors import UserFacingError
 from bot.store import Store
+from bot.text import text_table
 
 KEY_PREFIX = "setting."
 MAX_SYSTEM_CHARS = 4000
@@ -124,7 +125,7 @@ class ChannelSettings:
             elif name == "history":
                 parts.append(f"history {value}")
             elif value != defaults.get(name):
-                parts.append(f"{name} {_shown(value)}")
+                parts.append(f"{name} {shown_value(value)}")
         return parts
 
 
@@ -149,7 +150,8 @@ def _quoted(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:39] + "…") if text else "nothing"
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """1.2 -> '1.2', 512 -> '512'."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -190,16 +192,14 @@ def format_settings(model: str, chosen: ChannelSettings, defaults: dict[str, Any
         if name in SAMPLING and not sampling:
             return "greedy (do_sample: false)"
         value = defaults.get(name)
-        return "-" if value is None else _shown(value)
+        return "-" if value is None else shown_value(value)
 
     rows = [("setting", "this channel", "the model's")]
     for name in SPECS:
         value = getattr(chosen, name)
-        here = "" if value is None else (_short(value) if name == "system" else _shown(value)) + " *"
+        here = "" if value is None else (_short(value) if name == "system" else shown_value(value)) + " *"
         rows.append((name, here, default_of(name)))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
-    lines = [f"Settings in this channel (model {model}); `*` = set here:", f"```\n{table}\n```"]
+    lines = [f"Settings in this channel (model {model}); `*` = set here:", f"```\n{text_table(rows)}\n```"]
     if chosen.system:
         lines.append(f"System prompt here: {chosen.system}")
     lines.append(f"Change one with /settings NAME VALUE (max_new_tokens up to {reply_cap}); "

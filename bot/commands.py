@@ -8,14 +8,17 @@ import re
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.catalog import UnknownModel
-from bot.channel_settings import SPECS, canonical, format_settings, parse_value
+from bot.channel_settings import SPECS, canonical, format_settings, parse_value, shown_value
 from bot.command_table import BY_NAME, CommandSpec, offered
 from bot.events import ChatEvent, format_footer
 from bot.reply import Reply
 from bot.reply import notice as _notice
+from bot.text import text_table
 
 if TYPE_CHECKING:
+    from bot.config import ModelSpec
     from bot.host import Host
+    from bot.inspect import LayerReport
 
 Handler = Callable[[ChatEvent, str, Reply], Awaitable[None]]
 # "show me the layers (of NAME)" in a chat message means /layers
@@ -101,7 +104,7 @@ class Commands:
                 "yes" if spec.name in ready else "no",
                 spec.source or "-",
             ))
-        await reply.send("```\n" + _table(rows) + "\n```\n`*` = this channel's model")
+        await reply.send("```\n" + text_table(rows) + "\n```\n`*` = this channel's model")
 
     async def model(self, event: ChatEvent, args: str, reply: Reply) -> None:
         if not args:
@@ -115,11 +118,7 @@ class Commands:
     async def layers(self, event: ChatEvent, args: str, reply: Reply) -> None:
         host = self.host
         spec = host.catalog.spec(args.split()[0]) if args else host.channel_model(event.channel)
-        shown: list[asyncio.Task] = []  # progress reaches the chat before the report does
-        with host.engines.reserve(event.user, [spec.name]):  # counts as one of the asker's requests
-            report = await host.engines.for_model(spec.name).inspect(
-                spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message))))
-        await asyncio.gather(*shown)
+        [report] = await self._inspect(event, [spec], reply)
         await reply.send(report.summary)  # Markdown with its own code block
         await reply.send_file(f"{spec.name}-layers.txt", report.full_tree, caption="full module tree")
         await reply.send_file(f"{spec.name}-layers.png", await _picture([report]), caption="layers as a picture")
@@ -158,16 +157,23 @@ class Commands:
                              "their layers side by side in one picture.")
             return
         specs = [host.catalog.spec(name) for name in names]  # an unknown name says which exist
-        shown: list[asyncio.Task] = []
+        reports = await self._inspect(event, specs, reply)
+        await reply.send("\n".join(_report_line(report) for report in reports))
+        await reply.send_file(f"{'-vs-'.join(names)}-layers.png", await _picture(reports),
+                              caption="layers side by side")
+
+    async def _inspect(self, event: ChatEvent, specs: list[ModelSpec], reply: Reply) -> list[LayerReport]:
+        """Each model's LayerReport, with its progress shown; together they hold one of the
+        asker's requests (max_pending_per_user), however many models."""
+        host = self.host
+        shown: list[asyncio.Task] = []  # progress reaches the chat before the report does
         reports = []
-        with host.engines.reserve(event.user, names):  # one of the asker's requests, however many models
+        with host.engines.reserve(event.user, [spec.name for spec in specs]):
             for spec in specs:
                 reports.append(await host.engines.for_model(spec.name).inspect(
                     spec, lambda message: shown.append(asyncio.ensure_future(reply.progress(message)))))
         await asyncio.gather(*shown)
-        await reply.send("\n".join(_report_line(report) for report in reports))
-        await reply.send_file(f"{'-vs-'.join(names)}-layers.png", await _picture(reports),
-                              caption="layers side by side")
+        return reports
 
     async def settings(self, event: ChatEvent, args: str, reply: Reply) -> None:
         host = self.host
@@ -190,7 +196,7 @@ class Commands:
             return
         value = parse_value(name, words[1], cap)
         host.channel_settings.set(event.channel, name, value)
-        shown = "set" if name == "system" else f"{value:g}" if isinstance(value, float) else str(value)
+        shown = "set" if name == "system" else shown_value(value)
         await reply.send(f"{name} is now {shown} in this channel, for whichever model it uses "
                          f"(/settings shows them all; /settings reset {name} undoes it).")
 
@@ -265,8 +271,3 @@ async def _picture(reports: list) -> bytes:
     from bot.layers_picture import render_layers_png
 
     return await asyncio.to_thread(render_layers_png, reports)
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

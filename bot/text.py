@@ -15,3 +15,9 @@ def human_bytes(n: int) -> str:
         if n >= div:
             return f"{n / div:.{digits}f} {suffix}"
     return f"{n} B"
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns two spaces apart (for a code block): /models, /settings."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
