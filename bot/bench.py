@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from bot.config import Settings
 
 DEFAULT_USERS = "1,16,64"
+DEFAULT_NULL_REPLIES = "1,16,64,256"
 DEFAULT_CACHE_DIR = "~/.cache/modelbot"
 # --smoke: seconds on a CPU, for CI; explicit options still win.
 SMOKE_DEFAULTS = {"prompt_tokens": 16, "new_tokens": 8, "users": "1,4", "repeats": 2}
@@ -81,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=_positive_int, help="runs of the overhead comparison; the best counts (default 3)")
     parser.add_argument("--edit-interval", type=float, default=1.0,
                         help="seconds between a streamed reply's edits in the overhead row (default 1.0)")
+    parser.add_argument("--null-replies", type=_user_counts, default=None,
+                        help=f"concurrent replies of the null-model rows, the bot's own cost per token "
+                             f"(default {DEFAULT_NULL_REPLIES}; 0 leaves them out)")
+    parser.add_argument("--cpu-baselines", action="store_true",
+                        help="also measure plain generate in float32 and llama.cpp on the same GGUF (CPU only; bot/bench_cpu.py)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON")
 
@@ -97,6 +103,8 @@ def _user_counts(text: str) -> list[int]:
         counts = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like {DEFAULT_USERS} (got {text!r})") from None
+    if counts == [0]:
+        return counts  # --null-replies 0: none
     if not counts or counts[0] < 1:
         raise argparse.ArgumentTypeError(f"user counts must be >= 1 (got {text!r})")
     return counts
@@ -111,6 +119,8 @@ class BenchOptions:
     edit_interval: float
     seed: int
     json_path: Path | None
+    null_replies: list[int] = field(default_factory=list)  # empty: no null-model rows
+    cpu_baselines: bool = False  # --cpu-baselines: bot/bench_cpu.py's rows
 
 
 def resolve_options(args: argparse.Namespace) -> BenchOptions:
@@ -130,7 +140,13 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
         edit_interval=getattr(args, "edit_interval", 1.0),
         seed=getattr(args, "seed", 0),
         json_path=Path(args.json) if getattr(args, "json", None) else None,
+        null_replies=_null_replies(getattr(args, "null_replies", None)),
+        cpu_baselines=bool(getattr(args, "cpu_baselines", False)),
     )
+
+
+def _null_replies(chosen: list[int] | None) -> list[int]:
+    return _user_counts(DEFAULT_NULL_REPLIES) if chosen is None else [n for n in chosen if n > 0]
 
 
 def progress(message: str) -> None:
@@ -236,6 +252,7 @@ class Row:
     tokens: int = 0
     seconds: float = 0.0
     other_cpu_share: float | None = None  # of the machine's CPU, used by other processes meanwhile
+    microseconds_per_token: float | None = None  # null-model rows: the bot's own time per token
 
 
 @dataclass
@@ -507,6 +524,26 @@ def _fastest(runs: list[tuple[int, float]]) -> tuple[int, float]:
     return max(runs, key=lambda run: run[0] / run[1] if run[1] > 0 else 0.0)
 
 
+# -- measuring: the bot's own path, with a null model ----------------------------------------
+async def null_rows(cache_dir: Path, scratch: Path, options: BenchOptions) -> list[Row]:
+    """The full path (host, worker, streamed replies) with a model that costs nothing."""
+    from bot.bench_null import measure_null
+
+    progress(f"null model: the bot's own path, {', '.join(map(str, options.null_replies))} concurrent replies")
+    rows = []
+    with OtherCpuUse() as cpu:
+        runs = await measure_null(cache_dir, scratch / "null", options.null_replies, options.new_tokens,
+                                  options.edit_interval, progress)
+    for run in runs:
+        _warn_if_short(run.tokens, run.replies * options.new_tokens, f"null model, {run.replies} replies")
+        rows.append(Row(f"null model, {run.replies} concurrent repl{'ies' if run.replies > 1 else 'y'}: host + "
+                        "worker + streamed replies", _rate(run.tokens, run.seconds),
+                        percentile(run.first_token_seconds, 50), percentile(run.first_token_seconds, 95),
+                        tokens=run.tokens, seconds=run.seconds, other_cpu_share=cpu.share,
+                        microseconds_per_token=run.seconds * 1e6 / run.tokens if run.tokens else None))
+    return rows
+
+
 # -- the whole bench --------------------------------------------------------------------------
 def _rate(tokens: int, seconds: float) -> float:
     return tokens / seconds if seconds > 0 else 0.0
@@ -544,6 +581,10 @@ async def measure(app: App, target: Target, options: BenchOptions) -> BenchResul
     result.overhead_ratio = overhead_rows[-1].ratio
     result.reply_edits = overhead.edits
     _warn_if_shared(result.rows)
+    if options.cpu_baselines:
+        from bot.bench_cpu import cpu_baseline_rows
+
+        result.rows.extend(await cpu_baseline_rows(app, target, options, prompts[0], plain))
     return result
 
 
@@ -655,7 +696,10 @@ def format_table(result: BenchResult) -> str:
     ]
     for row in result.rows:
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
-        lines.append(_table_line(row.label, f"{row.tokens_per_second:.1f} tok/s", _seconds(row.first_token_p50_s),
+        figure = f"{row.tokens_per_second:.1f} tok/s"
+        if row.microseconds_per_token is not None:
+            figure += f" ({row.microseconds_per_token:.1f} µs/token)"
+        lines.append(_table_line(row.label, figure, _seconds(row.first_token_p50_s),
                                  _seconds(row.first_token_p95_s), ratio))
     lines += [
         "",
@@ -664,6 +708,9 @@ def format_table(result: BenchResult) -> str:
          "are derived: user k waits for k whole requests. "
          f"The streamed reply was edited {result.reply_edits} times in its last run."),
     ]
+    if any(row.microseconds_per_token is not None for row in result.rows):
+        lines += ["", ("null model: the same path with a model that costs nothing (bot/bench_null.py): "
+                       "all of the time is the bot's own; µs/token = wall time / tokens.")]
     busy = _busy_rows(result.rows)
     if busy:
         worst = max(row.other_cpu_share for row in busy)
@@ -692,6 +739,9 @@ async def run_bench(settings: Settings | None, args: argparse.Namespace, out: Te
             result = await measure(app, target, options)
         finally:
             await app.close()
+        if options.null_replies:
+            cache_dir = Path(getattr(args, "cache_dir", None) or (settings.cache_dir if settings else DEFAULT_CACHE_DIR))
+            result.rows.extend(await null_rows(cache_dir.expanduser(), Path(scratch), options))
     out.write(format_table(result))
     out.flush()
     if options.json_path:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from bot.errors import UserFacingError
+from bot.handoff import hand_off
 
 _job_ids = itertools.count(1)
 
@@ -114,15 +115,16 @@ class GenerationStream:
         self.on_position = on_position
         self.submitted = 0.0
         self.wake: Callable[[], None] = lambda: None  # set by the worker: a cancel must wake it
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._items: deque[Any] = deque()  # text deltas, then stats or an error, then _DONE
+        self._arrived = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
     # -- called from worker threads -------------------------------------------------------------
     def emit(self, item: Any) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        hand_off(self._loop, self._put, item)
 
     def report_position(self, position: int) -> None:
-        self._loop.call_soon_threadsafe(self._set_position, position)
+        hand_off(self._loop, self._set_position, position)
 
     def report_progress(self, message: str) -> None:
         if self.progress is not None:
@@ -145,6 +147,10 @@ class GenerationStream:
                                     stopped_by="cancelled", queue_seconds=time.monotonic() - self.submitted))
 
     # -- loop side ------------------------------------------------------------------------------
+    def _put(self, item: Any) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
     def _set_position(self, position: int) -> None:
         if position == self.position:
             return
@@ -161,8 +167,12 @@ class GenerationStream:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
+        items = self._items
         while True:
-            item = await self._queue.get()
+            while not items:
+                self._arrived.clear()
+                await self._arrived.wait()
+            item = items.popleft()
             if item is self._DONE:
                 return
             if isinstance(item, GenerationStats):
@@ -170,8 +180,13 @@ class GenerationStream:
                 continue
             if isinstance(item, BaseException):
                 raise item
+            if items and isinstance(items[0], str):
+                # the reader fell behind the engine: what arrived meanwhile goes on as one delta
+                parts = [item]
+                while items and isinstance(items[0], str):
+                    parts.append(items.popleft())
+                item = "".join(parts)
             yield item
-
 
 
 def open_stream(job: GenerationJob, max_new_tokens: int, progress: Callable[[str], None] | None = None,

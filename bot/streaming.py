@@ -139,7 +139,7 @@ class StreamedMessage:
         self._shown: list[str] = []  # what each message shows now
         self._closed: list[bool] = []  # sealed on the platform (always true without `seal`)
         self._sealed = 0  # messages before this index are final
-        self._text = ""  # the whole reply so far
+        self._pieces: list[str] = []  # the whole reply so far, as written: joined only when shown
         self._status = ""  # placeholder / queue position / progress, shown until text arrives
         self._tail = ""  # footer or error, once ended
         self._last_write = -float("inf")
@@ -161,7 +161,7 @@ class StreamedMessage:
 
     async def status(self, text: str) -> None:
         """Replace the placeholder's text (queue position, loading...) while no reply text exists."""
-        if self._text or self.ended:
+        if self._pieces or self.ended:
             return
         self._status = text
         self._touch()
@@ -171,14 +171,14 @@ class StreamedMessage:
             raise ReplyGone(f"{self.name} can no longer be written")
         if self.ended or not delta:
             return
-        self._text += delta
+        self._pieces.append(delta)
         self._touch()
 
     async def finish(self, footer: str = "") -> None:
         await self._end(self._footer_format(footer) if footer else "")
 
     async def fail(self, message: str) -> None:
-        await self._end(("\n\n" if self._text else "") + f"⚠️ {message}")
+        await self._end(("\n\n" if self._pieces else "") + f"⚠️ {message}")
 
     async def posted(self) -> bool:
         """Wait until the first message is on the platform (True) or never will be (False)."""
@@ -197,7 +197,12 @@ class StreamedMessage:
 
     @property
     def text(self) -> str:
-        return self._text
+        return self._joined()
+
+    def _joined(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     @property
     def ended(self) -> bool:
@@ -325,11 +330,11 @@ class StreamedMessage:
     def _target(self) -> list[str]:
         """What the unsealed messages should show now."""
         tail = self._tail if self.ended else ""
-        if not self._text:
+        if not self._pieces:
             if self.ended:
                 return [tail.lstrip("\n") or "(no reply)"]
             return [self._status] if self._status else []
-        parts = self._layout(self._text)
+        parts = self._layout(self._joined())
         if tail:
             if len(parts[-1]) + len(tail) <= self.limit:
                 parts[-1] += tail  # the last edit carries the rest of the text and the footer at once

@@ -4,8 +4,10 @@
 
 Every option of `python -m llama_cpp.server` is accepted (this calls its main()), and the app
 that answers is the real llama_cpp.server app: its streaming SSE, /v1/models, model lookup,
-locking and abort on client disconnect are all untouched. One thing is widened, before the app
-is imported:
+locking and abort on client disconnect are all untouched. Two things change: llama.cpp's AMX
+and repacking kernels are off (they crash llama-cpp-python 0.3.36 on an AMX CPU: see
+bot/bench_cpu.py's llama_cpp_without_extra_buffer_types), and one thing is widened, before the
+app is imported:
 
 Why: the prompt of /v1/completions may be a list of token ids in the OpenAI API, and llama.cpp's
 own C++ `llama-server`, vLLM and SGLang all accept that; the remote engine sends its prompts that
@@ -63,7 +65,10 @@ assert server_app.CreateCompletionRequest is TokenIdsCompletionRequest, (
 def main() -> None:
     from llama_cpp.server.__main__ import main as llama_server_main
 
-    llama_server_main()
+    from bot.bench_cpu import llama_cpp_without_extra_buffer_types
+
+    with llama_cpp_without_extra_buffer_types():
+        llama_server_main()
 
 
 if __name__ == "__main__":

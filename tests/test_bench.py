@@ -30,6 +30,8 @@ SMOKE_ROW_LABELS = (
     "raw generate, chat prompt (overhead baseline)",
     "full pipeline: host + worker + streamed reply",
 )
+NULL_ROW_LABELS = tuple(f"null model, {n} concurrent repl{'ies' if n > 1 else 'y'}: host + worker + streamed replies"
+                        for n in (1, 16, 64, 256))
 
 
 def test_smoke_bench_through_the_cli(tmp_path):
@@ -41,16 +43,36 @@ def test_smoke_bench_through_the_cli(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
-    for label in SMOKE_ROW_LABELS:
+    for label in SMOKE_ROW_LABELS + NULL_ROW_LABELS:
         assert f"| {label} |" in done.stdout
     figures = json.loads(out.read_text())
     assert figures["load_seconds"] > 0 and figures["footprint_bytes"] > 0
-    assert [row["label"] for row in figures["rows"]] == list(SMOKE_ROW_LABELS[2:])
+    assert [row["label"] for row in figures["rows"]] == list(SMOKE_ROW_LABELS[2:] + NULL_ROW_LABELS)
     for row in figures["rows"]:
         assert row["tokens_per_second"] > 0, row
         assert row["tokens"] > 0, row
+    null_rows = [row for row in figures["rows"] if row["label"] in NULL_ROW_LABELS]
+    for replies, row in zip((1, 16, 64, 256), null_rows):
+        assert row["tokens"] == replies * 8  # every reply ran to --smoke's 8 new tokens
+        assert row["microseconds_per_token"] == pytest.approx(row["seconds"] * 1e6 / row["tokens"])
     assert figures["overhead_ratio"] > 0
     assert "bench: " in done.stderr  # progress goes to stderr, the table alone to stdout
+
+
+def test_null_model_replies_stream_whole_through_host_worker_and_reply(tmp_path):
+    """The null model's path is the real one: every reply, alone or batched with others, shows
+    the null model's words in order, as a platform message would, with the host's footer."""
+    import asyncio
+
+    from bot.bench_null import measure_null
+
+    runs = asyncio.run(measure_null(tmp_path / "cache", tmp_path / "scratch", [1, 5], 12, 0.0, lambda _: None))
+    expected = " ".join(f"t{i}" for i in range(4, 16))  # after the prompt's last word (<unk>, id 3)
+    assert [run.replies for run in runs] == [1, 5]
+    for run in runs:
+        assert run.tokens == run.replies * 12
+        assert run.texts == [expected] * run.replies
+        assert run.edits >= run.replies  # each reply was edited at least once after its placeholder
 
 
 # Each family's published config.json values (restated here, not read from bot.bench_shapes),

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from helpers import collect, job_for, smollm2, write_config
-from worker_faults import Fault, registry_with_fault
+from worker_faults import Fault, ForcedText, registry_forcing, registry_with_fault
 
 from bot.app import build_app
 from bot.config import load_settings
@@ -371,6 +371,38 @@ def test_a_lone_reply_joins_a_batch_when_a_second_arrives_without_changing_its_t
     assert first.stats.batched and second.stats.batched  # the first moved into the batch mid-reply
     assert first_text == alone_text and first.stats.new_tokens == 40
     assert second.stats.new_tokens == 40 and second_text
+
+
+def test_characters_split_across_tokens_arrive_whole_from_a_batch(tmp_path):
+    """The Euro sign, an emoji with its skin tone and CJK take several byte-level tokens each;
+    a batch hands every step's text to the loop at once, and no reply shows half a character."""
+    text = "Ça coûte 5 €, señor 👋🏽 日本語"
+
+    async def run():
+        (tmp_path / "probe").mkdir()
+        probe = make_app(tmp_path / "probe")
+        tokenizer = (await asyncio.to_thread(probe.catalog.tokenizer, probe.catalog.spec("smollm2"))).tokenizer
+        await probe.close()
+        forced = ForcedText(tokenizer, text, after=tokenizer.encode("\n", add_special_tokens=False)[-1])
+        app = make_app(tmp_path, [smollm2("forced", family="faulty")], registry_forcing(forced), max_batch=3)
+        try:
+            jobs = [await job_for(app, prompt, user, model="forced", max_new_tokens=len(forced.ids))
+                    for prompt, user in zip(PROMPTS, "ABC")]
+            streams = [app.worker.submit(job) for job in jobs]
+
+            async def deltas(stream) -> list[str]:
+                return [delta async for delta in stream]
+
+            return await asyncio.gather(*(deltas(s) for s in streams)), [s.stats for s in streams]
+        finally:
+            await app.close()
+
+    replies, stats = asyncio.run(run())
+    assert all(s.batched for s in stats)  # all three ran in one continuous batch
+    for deltas in replies:
+        assert "".join(deltas) == text
+        assert not any("\ufffd" in delta for delta in deltas)  # never half a character
+        assert len(deltas) > 1  # streamed, not one block at the end
 
 
 def test_stop_while_waiting_ends_the_job_without_running_it(tmp_path):

@@ -77,3 +77,55 @@ class FaultyPlugin:
 
 def registry_with_fault(fault: Fault):
     return load_plugins({"faulty-test-plugin": lambda: FaultyPlugin(fault)}, use_entry_points=False)
+
+
+class ForcedText:
+    """Not a fault: makes the model say `text` (greedy), whatever it is asked. After each token
+    of `text` the scores favour the next one, and the prompt's last token leads to the first;
+    so every request of a batch says it, however the steps fall. The ids of `text` must be
+    distinct (each has one successor) and differ from `after` (the prompt's last token)."""
+
+    def __init__(self, tokenizer, text: str, after: int):
+        self.ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(set(self.ids)) != len(self.ids) or after in self.ids:
+            raise ValueError(f"{text!r} repeats a token: it cannot be forced this way")
+        self.successor = dict(zip([after, *self.ids], self.ids))
+
+
+class ForcingBackend(FaultyBackend):
+    """The faulty plugin's machinery, forcing text instead of breaking."""
+
+    def __init__(self, forced: ForcedText):
+        self.forced = forced
+
+    def prepare_model(self, model, model_type=None):
+        import torch
+
+        forced, seen = self.forced, {}
+
+        def remember_ids(module, args, kwargs):
+            ids = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).reshape(-1)
+            keep = kwargs.get("logits_to_keep")
+            # continuous batching keeps the rows at these indices (each request's last position)
+            seen["ids"] = ids[keep] if isinstance(keep, torch.Tensor) else ids
+
+        def force(module, args, output):
+            ids = seen["ids"][-output.shape[-2]:]  # generate keeps the last row(s)
+            forced_scores = torch.full_like(output, -1e4)
+            for row, last in enumerate(ids.tolist()):
+                following = forced.successor.get(last)
+                if following is not None:
+                    forced_scores[..., row, following] = 0.0
+            return forced_scores
+
+        model.register_forward_pre_hook(remember_ids, with_kwargs=True)
+        model.lm_head.register_forward_hook(force)
+
+
+def registry_forcing(forced: ForcedText):
+    class ForcingPlugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(ForcingBackend(forced))
+
+    return load_plugins({"forcing-test-plugin": ForcingPlugin}, use_entry_points=False)

@@ -12,9 +12,10 @@ a model that must be swapped in (no room beside the loaded ones) waits while the
 models have jobs waiting, for at most `swap_after` seconds (from its job's queuing, or from
 the last swap if that came later): two busy channels on two models take turns of about
 `swap_after` seconds instead of reloading for every answer (bot/worker/turns.py). A model nobody used
-for its `keep_alive` is unloaded (`_unload_idle`). Tokens reach the event loop
-through each job's stream (`call_soon_threadsafe`); a failing job ends with a message and
-the loop carries on.
+for its `keep_alive` is unloaded (`_unload_idle`). Tokens reach the event loop through each
+job's stream, decoded a few tokens at a time (`TEXT_EVERY`), a batch step's text for all
+replies in one wake-up (bot/handoff.py); a failing job ends with a message and the loop
+carries on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bot.catalog import ModelCatalog
 from bot.config import ModelSpec, WorkerSettings
 from bot.errors import UserFacingError
 from bot.fair_queue import FairQueue
+from bot.handoff import handing_off
 from bot.generation import (
     GenerationFailed, GenerationJob, GenerationStream, GenerationTimedOut, InvalidScores, OutOfMemory,
     RecentAnswers, WorkerBusy, open_stream,
@@ -52,6 +54,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.02  # how long a batch step waits for tokens before checking cancels and newcomers
 IDLE_BATCH_SECONDS = 1.0  # CPU only: how long a drained batch waits for new jobs before it stops
 RECENT_JOBS = 200
+# how often a reply's new tokens are decoded and handed to the loop (bot/worker/running.py): far
+# below any frontend's edit interval, and a slow model's tokens still go out one by one
+TEXT_EVERY = 0.02
 
 
 class _Call:
@@ -76,6 +81,9 @@ class _Call:
 
 class Worker:
     kind = "local"
+    #: how tokens are made, alone and in a batch (the bench's null model swaps both: bot/bench_null.py)
+    generate_alone = staticmethod(run_plain)
+    batch_session_type = BatchSession
 
     def __init__(self, catalog: ModelCatalog, settings: WorkerSettings | None = None, max_resident: int = 1):
         self.catalog = catalog
@@ -94,6 +102,7 @@ class Worker:
         self._session_key: tuple = ()
         self._calls: deque[_Call] = deque()
         self._drained_at = 0.0  # when the running batch last ran out of jobs
+        self._housekept_at = 0.0  # when plain generate last looked after the queue (_housekeeping)
         self._starting = False  # between a model being ready and its first job running
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
         self._last_used: dict[str, float] = {}  # model -> when its last job or call ended (keep_alive)
@@ -211,7 +220,8 @@ class Worker:
         try:
             self._set_up()
             while not self._closing:
-                self._wake.wait(timeout=POLL_SECONDS if self._running else 0.5)
+                if not self._running:  # a running batch waits in its poll instead: for its next tokens
+                    self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 if self._closing:
                     break
@@ -257,7 +267,12 @@ class Worker:
             self._close_session()
 
     def _housekeeping(self) -> None:
-        """While plain generate holds the thread: end jobs cancelled in the queue, unload idle models."""
+        """While plain generate holds the thread: end jobs cancelled in the queue, unload idle
+        models; every TEXT_EVERY, not after every token (it scans the queue)."""
+        now = time.monotonic()
+        if now - self._housekept_at < TEXT_EVERY:
+            return
+        self._housekept_at = now
         self._end_cancelled_waiting()
         self._unload_idle()
 
@@ -328,8 +343,8 @@ class Worker:
         wants_handoff = (lambda: self.queue.has(hand_off)) if hand_off else (lambda: False)
         while True:
             try:
-                outcome = run_plain(loaded.model, pad, running, self.settings.idle_timeout, wants_handoff,
-                                    between_tokens=self._housekeeping)
+                outcome = self.generate_alone(loaded.model, pad, running, self.settings.idle_timeout, wants_handoff,
+                                              between_tokens=self._housekeeping)
             except Exception as exc:  # only this job fails; the worker lives on
                 self._fail(running, exc)
                 return
@@ -363,7 +378,8 @@ class Worker:
 
     def _begin(self, stream: GenerationStream, loaded: LoadedModel) -> RunningJob:
         stream.report_position(0)
-        running = RunningJob(stream, loaded.tokenizer, stream.job.settings["max_new_tokens"], loaded.footprint_bytes())
+        running = RunningJob(stream, loaded.tokenizer, stream.job.settings["max_new_tokens"], loaded.footprint_bytes(),
+                             text_every=TEXT_EVERY)
         self._running[stream.job.id] = running
         return running
 
@@ -378,7 +394,12 @@ class Worker:
             self._fail(running, exc)
 
     def _step_batch(self) -> None:
-        """One look at the running batch: cancels, timeouts, newcomers, then new tokens."""
+        """One look at the running batch: cancels, timeouts, newcomers, then new tokens; what
+        it hands to the loop goes in one wake-up (bot/handoff.py)."""
+        with handing_off():
+            self._step_batch_now()
+
+    def _step_batch_now(self) -> None:
         session = self._session
         if session is None:  # defensive: running jobs without a batch cannot progress
             for running in list(self._running.values()):
@@ -540,8 +561,8 @@ class Worker:
                         "its jobs run one at a time", loaded.spec.name, max(kv_tokens, 0))
             return False
         try:
-            self._session = BatchSession(loaded.model, settings, self.settings.max_batch, kv_tokens,
-                                         self.loader.device)
+            self._session = self.batch_session_type(loaded.model, settings, self.settings.max_batch, kv_tokens,
+                                                    self.loader.device)
         except Exception:  # noqa: BLE001 - batching is an optimisation: without it jobs run one by one
             log.exception("continuous batching could not start for %s", loaded.spec.name)
             release_freed_memory()
