@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=_positive_int, help="runs of the overhead comparison; the best counts (default 3)")
     parser.add_argument("--edit-interval", type=float, default=1.0,
                         help="seconds between a streamed reply's edits in the overhead row (default 1.0)")
-    parser.add_argument("--null-replies", type=_user_counts, default=None,
+    parser.add_argument("--null-replies", type=_reply_counts, default=None,
                         help=f"concurrent replies of the null-model rows, the bot's own cost per token "
                              f"(default {DEFAULT_NULL_REPLIES}; 0 leaves them out)")
     parser.add_argument("--cpu-baselines", action="store_true",
@@ -103,8 +103,6 @@ def _user_counts(text: str) -> list[int]:
         counts = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like {DEFAULT_USERS} (got {text!r})") from None
-    if counts == [0]:
-        return counts  # --null-replies 0: none
     if not counts or counts[0] < 1:
         raise argparse.ArgumentTypeError(f"user counts must be >= 1 (got {text!r})")
     return counts
@@ -145,8 +143,13 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
     )
 
 
+def _reply_counts(text: str) -> list[int]:
+    """--null-replies: counts as --users takes them, or 0 for none."""
+    return [] if text.strip() == "0" else _user_counts(text)
+
+
 def _null_replies(chosen: list[int] | None) -> list[int]:
-    return _user_counts(DEFAULT_NULL_REPLIES) if chosen is None else [n for n in chosen if n > 0]
+    return _user_counts(DEFAULT_NULL_REPLIES) if chosen is None else chosen
 
 
 def progress(message: str) -> None:
@@ -293,15 +296,16 @@ def random_prompts(count: int, length: int, vocab_size: int, special_ids: set[in
 
 
 def versions() -> dict[str, str]:
+    return {package: package_version(package) for package in ("torch", "transformers", "bitsandbytes")}
+
+
+def package_version(package: str, missing: str = "not installed") -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {}
-    for package in ("torch", "transformers", "bitsandbytes"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return missing
 
 
 def device_name(device: str) -> str:

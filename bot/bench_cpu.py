@@ -129,7 +129,7 @@ async def cpu_baseline_rows(app: App, target: Target, options: BenchOptions, pro
                             plain: PlainRun) -> list[Row]:
     """The float32 and llama.cpp rows for `target`'s model (each may be skipped), with their
     ratio to the bench's plain generate, measured on `prompt` with options.new_tokens."""
-    from bot.bench import Row, _on_loaded_model, _rate, _warn_if_shared, _with_cpu_share, progress
+    from bot.bench import Row, _on_loaded_model, _rate, _warn_if_shared, _with_cpu_share, package_version, progress
 
     model = target.model
     plain_rate = _rate(plain.tokens, plain.seconds)
@@ -160,7 +160,7 @@ async def cpu_baseline_rows(app: App, target: Target, options: BenchOptions, pro
     elif not _llama_cpp_installed():
         progress("cpu baselines: llama.cpp skipped, llama_cpp is not installed (pip install llama-cpp-python)")
     else:
-        version = _llama_cpp_version()
+        version = package_version("llama_cpp_python", "unknown version")
         progress(f"cpu baselines: llama.cpp {version} on {resolved.gguf_name}, {os.cpu_count()} threads (a warm-up first)")
         gguf = resolved.location
         (tokens, seconds), share = await _with_cpu_share(
@@ -179,12 +179,3 @@ def _llama_cpp_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
-
-
-def _llama_cpp_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("llama_cpp_python")
-    except PackageNotFoundError:
-        return "unknown version"

@@ -26,16 +26,17 @@ if TYPE_CHECKING:
     from bot.config import Settings
     from bot.worker.running import RunningJob
 
-NULL_USERS = (1, 16, 64, 256)
 NULL_PROMPT = "Tell me about lighthouses."
 # the lowest id that is no special token of the bench tokenizer (bot/bench_shapes.py)
 FIRST_WORD_ID = max(PAD_ID, UNK_ID) + 1
+
 
 def next_token(last: int, vocab_size: int) -> int:
     """The null model's greedy choice after `last`: the next ordinary word of the vocabulary,
     so a reply reads "t5 t6 t7 …" and never hits a stop token."""
     following = last + 1
     return following if FIRST_WORD_ID <= following < vocab_size else FIRST_WORD_ID
+
 
 def generate_alone(model: Any, pad_token_id: int | None, running: RunningJob, idle_timeout: float,
                    should_hand_off: Callable[[], bool], between_tokens: Callable[[], None] = lambda: None) -> str:
@@ -54,8 +55,10 @@ def generate_alone(model: Any, pad_token_id: int | None, running: RunningJob, id
             return "handoff"
     return "done"
 
+
 class _Status:
     name = "GENERATING"
+
 
 class NullRequest:
     """One request in the null batch, shaped like transformers' streamed GenerationOutput."""
@@ -73,6 +76,7 @@ class NullRequest:
     def is_finished(self) -> bool:
         return len(self.generated_tokens) >= self.max_new_tokens
 
+
 class NullBatchSession:
     """bot/worker/batching.BatchSession's interface: each poll is one step that gives every
     running request its next token. Used on the worker thread only, like the real one."""
@@ -85,7 +89,6 @@ class NullBatchSession:
     def __init__(self, model: Any, settings: dict[str, Any], max_batch: int, kv_tokens: int, device: str):
         self.vocab_size = model.config.vocab_size
         self.requests: dict[str, NullRequest] = {}
-        self.steps = 0
 
     def add(self, input_ids: list[int], max_new_tokens: int, stop_token_ids: list[int], request_id: str) -> None:
         self.requests[request_id] = NullRequest(request_id, input_ids[-1], max_new_tokens)
@@ -97,7 +100,6 @@ class NullBatchSession:
         if not self.requests:
             time.sleep(timeout)  # as the real one waits for outputs that cannot come
             return []
-        self.steps += 1
         outputs = list(self.requests.values())
         for request in outputs:
             request.last = next_token(request.last, self.vocab_size)
@@ -109,6 +111,7 @@ class NullBatchSession:
     def close(self) -> None:
         self.requests.clear()
 
+
 def null_worker_type() -> type:
     """The local worker with the null model's token source; everything else is the worker's."""
     from bot.worker import Worker
@@ -118,6 +121,7 @@ def null_worker_type() -> type:
         batch_session_type = NullBatchSession
 
     return NullModelWorker
+
 
 def null_registry() -> Any:
     """The plugins as `modelbot run` loads them, with the local engine's worker swapped."""
@@ -135,6 +139,7 @@ def null_registry() -> Any:
     registry.engines[LOCAL.name] = dataclasses.replace(LOCAL, create=create)
     return registry
 
+
 def null_settings(source: Path, scratch: Path, max_users: int) -> Settings:
     """The smoke shape's files (a real tokenizer and chat template) as the null model, with a
     batch as wide as the most concurrent replies: the null batch has no memory to run out of."""
@@ -144,6 +149,7 @@ def null_settings(source: Path, scratch: Path, max_users: int) -> Settings:
     raw = {"device": "cpu", "store": str(scratch / "null.sqlite3"), "cache_dir": str(scratch),
            "models": [{"name": "null", "source": str(source), "quantization": "none"}], "worker": worker}
     return parse_settings(raw, scratch)
+
 
 # -- a streamed reply, as a platform reply keeps it ----------------------------------------------
 def memory_reply_type() -> type:
@@ -186,6 +192,7 @@ def memory_reply_type() -> type:
 
     return MemoryReply
 
+
 @dataclasses.dataclass
 class NullRun:
     replies: int
@@ -194,6 +201,7 @@ class NullRun:
     first_token_seconds: list[float]
     edits: int
     texts: list[str]  # each reply's answer, as the host returned it
+
 
 async def null_run(app: App, replies: int, new_tokens: int, edit_interval: float) -> NullRun:
     """`replies` chat answers at once, one user each, through host.run_model; wall time of all."""
@@ -220,6 +228,7 @@ async def null_run(app: App, replies: int, new_tokens: int, edit_interval: float
     seconds = time.perf_counter() - started
     return NullRun(replies, sum(r[0] for r in results), seconds, [r[1] for r in results],
                    sum(r[2] for r in results), [r[3] for r in results])
+
 
 async def measure_null(cache_dir: Path, scratch: Path, counts: list[int], new_tokens: int, edit_interval: float,
                        progress: Callable[[str], None]) -> list[NullRun]:

@@ -75,7 +75,7 @@ class RunningJob:
         pending, self._decoded = self.tokens[self._decoded:], len(self.tokens)
         deltas = [delta for delta in map(self.decoder.push, pending) if delta]
         if deltas:
-            self.stream.emit(deltas[0] if len(deltas) == 1 else "".join(deltas))
+            self.stream.emit("".join(deltas))
 
     def idle_for(self) -> float:
         return time.monotonic() - self.last_token_at
