@@ -48,7 +48,7 @@ DEFAULT_USERS = "1,16,64"
 DEFAULT_NULL_REPLIES = "1,16,64,256"
 DEFAULT_CACHE_DIR = "~/.cache/modelbot"
 # --smoke: seconds on a CPU, for CI; explicit options still win.
-SMOKE_DEFAULTS = {"prompt_tokens": 16, "new_tokens": 8, "users": "1,4", "repeats": 2}
+SMOKE_DEFAULTS = {"prompt_tokens": 16, "new_tokens": 8, "users": "1,4", "repeats": 5}
 FULL_DEFAULTS = {"prompt_tokens": 64, "new_tokens": 128, "users": DEFAULT_USERS, "repeats": 3}
 # The worker section of a shape's settings; a configured model keeps its own max_batch and
 # gets at least these queue limits, so that every concurrent user's job is accepted at once.
@@ -79,7 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=_positive_int, help="random prompt ids per request (default 64)")
     parser.add_argument("--new-tokens", type=_positive_int, help="new tokens per request (default 128)")
     parser.add_argument("--users", type=_user_counts, help=f"concurrent user counts (default {DEFAULT_USERS})")
-    parser.add_argument("--repeats", type=_positive_int, help="runs of the overhead comparison; the best counts (default 3)")
+    parser.add_argument("--repeats", type=_positive_int,
+                        help="runs of each one-user measurement (plain generate, the worker, the overhead pair); "
+                             "the best counts (default 3, 5 with --smoke)")
     parser.add_argument("--edit-interval", type=float, default=1.0,
                         help="seconds between a streamed reply's edits in the overhead row (default 1.0)")
     parser.add_argument("--null-replies", type=_reply_counts, default=None,
@@ -387,11 +389,13 @@ def _timed_generate(loaded: LoadedModel, input_ids: list[int], **settings: Any) 
     return output.shape[1] - ids.shape[1], seconds
 
 
-def plain_generate(loaded: LoadedModel, prompt: list[int], new_tokens: int) -> PlainRun:
-    """Warm-up, one timed batch-1 request, and one timed first token (worker thread only)."""
+def plain_generate(loaded: LoadedModel, prompt: list[int], new_tokens: int, repeats: int = 1) -> PlainRun:
+    """Warm-up, the fastest of `repeats` timed batch-1 requests, and one timed first token
+    (worker thread only)."""
     greedy = {"do_sample": False, "eos_token_id": []}  # an empty eos list: EOS ignored
     _timed_generate(loaded, prompt, max_new_tokens=min(WARMUP_TOKENS, new_tokens), **greedy)
-    tokens, seconds = _timed_generate(loaded, prompt, max_new_tokens=new_tokens, **greedy)
+    tokens, seconds = _fastest([_timed_generate(loaded, prompt, max_new_tokens=new_tokens, **greedy)
+                                for _ in range(repeats)])
     _, first_token = _timed_generate(loaded, prompt, max_new_tokens=1, **greedy)
     return PlainRun(tokens, seconds, first_token)
 
@@ -569,7 +573,7 @@ async def measure(app: App, target: Target, options: BenchOptions) -> BenchResul
 
     progress("plain generate, one request at a time")
     plain, plain_share = await _with_cpu_share(
-        _on_loaded_model(app, model, lambda m: plain_generate(m, prompts[0], options.new_tokens)))
+        _on_loaded_model(app, model, lambda m: plain_generate(m, prompts[0], options.new_tokens, options.repeats)))
     plain_rate = _rate(plain.tokens, plain.seconds)
 
     progress(f"overhead: raw generate against the full pipeline, best of {options.repeats}")
@@ -578,9 +582,11 @@ async def measure(app: App, target: Target, options: BenchOptions) -> BenchResul
 
     for users in options.users:
         result.rows.append(_plain_row(users, plain, plain_rate, plain_share))
-        result.rows.append(await _worker_phase(app, model, prompts[:users], options.new_tokens, plain_rate))
+        result.rows.append(await _worker_phase(app, model, prompts[:users], options.new_tokens, plain_rate,
+                                               options.repeats))
     if max(options.users) > 1:
-        result.rows.append(await _worker_phase(app, model, prompts[:1], options.new_tokens, plain_rate, again=True))
+        result.rows.append(await _worker_phase(app, model, prompts[:1], options.new_tokens, plain_rate,
+                                               options.repeats, again=True))
     result.rows.extend(overhead_rows)
     result.overhead_ratio = overhead_rows[-1].ratio
     result.reply_edits = overhead.edits
@@ -623,6 +629,10 @@ async def _first_load(app: App, model: str) -> dict[str, Any]:
     return figures
 
 
+async def _runs(measure_once: Any, *args: Any, times: int) -> list[Any]:
+    return [await measure_once(*args) for _ in range(times)]
+
+
 async def _with_cpu_share(awaitable: Any) -> tuple[Any, float | None]:
     with OtherCpuUse() as cpu:
         value = await awaitable
@@ -630,14 +640,18 @@ async def _with_cpu_share(awaitable: Any) -> tuple[Any, float | None]:
 
 
 async def _worker_phase(app: App, model: str, prompts: list[list[int]], new_tokens: int, plain_rate: float,
-                        again: bool = False) -> Row:
+                        repeats: int, again: bool = False) -> Row:
+    """One run of N concurrent users; a lone user gets the fastest of `repeats` runs, measured
+    like the plain-generate row it is compared with."""
     users = len(prompts)
     label = f"worker, {users} concurrent user{'s' if users > 1 else ''}"
     if again:
         label = "worker, 1 user again, after the concurrent runs"
     progress(f"{label} (a warm-up run first)")
     await worker_run(app, model, prompts, min(WARMUP_TOKENS, new_tokens))
-    run, share = await _with_cpu_share(worker_run(app, model, prompts, new_tokens))
+    runs, share = await _with_cpu_share(_runs(worker_run, app, model, prompts, new_tokens,
+                                              times=repeats if users == 1 else 1))
+    run = max(runs, key=lambda r: _rate(r.tokens, r.seconds))
     _warn_if_short(run.tokens, users * new_tokens, label)
     rate = _rate(run.tokens, run.seconds)
     return Row(label, rate, percentile(run.first_token_seconds, 50), percentile(run.first_token_seconds, 95),

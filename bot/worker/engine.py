@@ -54,9 +54,12 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.02  # how long a batch step waits for tokens before checking cancels and newcomers
 IDLE_BATCH_SECONDS = 1.0  # CPU only: how long a drained batch waits for new jobs before it stops
 RECENT_JOBS = 200
-# how often a reply's new tokens are decoded and handed to the loop (bot/worker/running.py): far
-# below any frontend's edit interval, and a slow model's tokens still go out one by one
-TEXT_EVERY = 0.02
+# how often a reply's new tokens are decoded and handed to the loop (bot/worker/running.py), and a
+# lone reply's generate looks at the queue: well below any frontend's edit interval (a second or
+# more), while a model slower than 10 tok/s still sends token by token. Each hand-off wakes the
+# loop, whose work then holds the GIL against generation: every 20 ms instead cost a small model
+# ~2% of its speed on a CPU (measured with the smoke bench).
+TEXT_EVERY = 0.1
 
 
 class _Call:

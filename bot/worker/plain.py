@@ -7,15 +7,18 @@ continuous batch together with the newcomer.
 
 Everything per token happens in the streamer's put(), which generate calls once the token
 is on the host anyway: no logits processor or stopping criterion of ours (transformers
-inspects a processor's signature at every step, and each costs tensor work), and no device
-sync of our own. The NaN check reads the model's own logits at the chosen token (a NaN
-wins argmax, a row of -inf leaves -inf), and stopping early is an exception out of put().
+inspects a processor's signature at every step, and each costs tensor work), no EOS check
+of generate's (put() knows the stop ids), and no device sync of our own. The NaN check
+reads the model's own logits at the chosen token (a NaN wins argmax, a row of -inf leaves
+-inf), and stopping, early or at a stop id, is an exception out of put().
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from bot.worker.running import RunningJob
@@ -37,14 +40,12 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
               should_hand_off: Callable[[], bool], between_tokens: Callable[[], None] = lambda: None) -> str:
     """Generate until the job ends or must move; returns why it stopped:
     "done" (EOS or the token limit), "cancelled", "timeout" or "handoff".
-    `between_tokens` runs after every token (the engine's housekeeping while generate blocks)."""
+    `between_tokens` runs whenever the job's text is handed on (the engine's housekeeping while
+    generate blocks), and so does `should_hand_off`."""
     import torch
 
     job = running.job
     logits: dict[str, Any] = {}
-
-    def keep_logits(module, args, output):
-        logits["last"] = output  # a reference only: read at put(), when the step is done anyway
 
     class Streamer:
         """transformers' streamer protocol: put() gets the prompt first, then each new token."""
@@ -55,19 +56,24 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
             if not self.prompt_seen:
                 self.prompt_seen = True
                 return
-            tokens = value.reshape(-1).tolist()
+            tokens = value.tolist()  # generate hands over one token per sequence: a 1-D tensor
             last = logits.get("last")
             if last is not None and not math.isfinite(last[0, -1, tokens[-1]].item()):
                 raise NonFiniteLogits("the model produced NaN scores")
             late = running.idle_for() > idle_timeout  # this token came after the idle timeout
-            running.push(tokens)
-            between_tokens()
+            handed_on = running.push(tokens)
             if job.cancelled.is_set():
                 raise _StopGenerating("cancelled")
             if late:
                 raise _StopGenerating("timeout")
-            if not running.finished and should_hand_off():
-                raise _StopGenerating("handoff")
+            if running.finished:  # a stop token (generate itself is given none) or the token limit
+                raise _StopGenerating("done")
+            # the queue is looked at when text went out (the first token, then every text_every),
+            # not after every token: a newcomer joins the batch at most text_every later
+            if handed_on:
+                between_tokens()
+                if should_hand_off():
+                    raise _StopGenerating("handoff")
 
         def end(self):
             pass
@@ -78,15 +84,15 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
     if pad_token_id is None:
         pad_token_id = stop_ids[0] if stop_ids else 0
     running.last_token_at = time.monotonic()  # the idle clock starts now, not at submission
-    head = model.get_output_embeddings()  # None for an odd remote-code model: no NaN check then
-    hook = head.register_forward_hook(keep_logits) if head is not None else None
     try:
-        with torch.inference_mode():
+        with keeping_logits(model, logits), torch.inference_mode():
             model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                # an empty list means "no stop token"; None would fall back to the model's EOS
-                eos_token_id=stop_ids or -1,
+                # put() stops at the job's stop ids; generate's own EOS check (a stopping
+                # criterion and three tensor ops per step) would only repeat it. An explicit
+                # None keeps generate from falling back to the model's EOS.
+                eos_token_id=None,
                 pad_token_id=pad_token_id,
                 streamer=Streamer(),
                 **settings,
@@ -101,7 +107,30 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
         if last is not None and not bool(torch.isfinite(last[0, -1]).all()):
             raise NonFiniteLogits("the model produced NaN scores") from exc
         raise
-    finally:
-        if hook is not None:
-            hook.remove()
     return "done"
+
+
+@contextmanager
+def keeping_logits(model: Any, kept: dict[str, Any]):
+    """While inside, kept["last"] is the logits of the model's latest forward, as generate gets
+    them (a reference only: put() reads it once the step is done anyway). It wraps the model's
+    own forward on the instance rather than registering a forward hook: any hook sends every
+    call of its module down nn.Module's slow path, which cost ~2% of a small model's speed on a
+    CPU (measured); the wrapper costs one Python call per step."""
+    before = model.__dict__.get("forward")  # an instance forward of someone else's (accelerate's hooks)
+    inner = model.forward
+
+    @functools.wraps(inner)  # generate reads forward's signature (logits_to_keep, position_ids, ...)
+    def forward(*args, **kwargs):
+        output = inner(*args, **kwargs)
+        kept["last"] = getattr(output, "logits", None)
+        return output
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if before is None:
+            del model.forward
+        else:
+            model.forward = before

@@ -52,22 +52,24 @@ class RunningJob:
         """Prompt plus what it generated so far: where another path picks it up."""
         return [*self.job.input_ids, *self.tokens]
 
-    def push(self, token_ids: list[int]) -> None:
+    def push(self, token_ids: list[int]) -> bool:
         """New tokens (one per step, or what a batch made since the last look). Their text is
         decoded and handed on at most every `text_every` seconds, a few tokens at once: per
         token in between, only the id is kept (decoding each one as it came cost a tenth of
-        a small model's speed on a CPU, measured)."""
+        a small model's speed on a CPU, measured). True when text was handed on now."""
         now = time.monotonic()
         for token_id in token_ids:
             if self.finished:
                 break
             self.tokens.append(token_id)
-            self.stats.new_tokens += 1
-            if self.stats.first_token_seconds is None:
-                self.stats.first_token_seconds = now - self.started
             self.last_token_at = now
+        self.stats.new_tokens = len(self.tokens)
+        if self.stats.first_token_seconds is None and self.tokens:
+            self.stats.first_token_seconds = now - self.started
         if now - self._text_at >= self.text_every:
             self._hand_on_text(now)
+            return True
+        return False
 
     def _hand_on_text(self, now: float) -> None:
         """Decode the tokens not decoded yet; their text goes to the stream as one delta."""
