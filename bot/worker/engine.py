@@ -105,7 +105,6 @@ class Worker:
         self._session_key: tuple = ()
         self._calls: deque[_Call] = deque()
         self._drained_at = 0.0  # when the running batch last ran out of jobs
-        self._housekept_at = 0.0  # when plain generate last looked after the queue (_housekeeping)
         self._starting = False  # between a model being ready and its first job running
         self._loading: dict[str, str] = {}  # model -> its latest load progress, for jobs that arrive mid-load
         self._last_used: dict[str, float] = {}  # model -> when its last job or call ended (keep_alive)
@@ -271,11 +270,8 @@ class Worker:
 
     def _housekeeping(self) -> None:
         """While plain generate holds the thread: end jobs cancelled in the queue, unload idle
-        models; every TEXT_EVERY, not after every token (it scans the queue)."""
-        now = time.monotonic()
-        if now - self._housekept_at < TEXT_EVERY:
-            return
-        self._housekept_at = now
+        models. run_plain calls it when the job's text goes out (every TEXT_EVERY), not after
+        every token: it scans the queue."""
         self._end_cancelled_waiting()
         self._unload_idle()
 
