@@ -32,7 +32,7 @@ def _generate(model, prompt_length: int, new_tokens: int):
     ids = torch.arange(5, 5 + prompt_length).unsqueeze(0)
     with torch.inference_mode():
         return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                              do_sample=False, eos_token_id=-1, pad_token_id=0)
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
 def test_the_kept_logits_are_those_generate_chose_from():
