@@ -529,7 +529,7 @@ async def overhead_run(app: App, model: str, options: BenchOptions) -> OverheadR
 
 
 def _fastest(runs: list[tuple[int, float]]) -> tuple[int, float]:
-    return max(runs, key=lambda run: run[0] / run[1] if run[1] > 0 else 0.0)
+    return max(runs, key=lambda run: _rate(*run))
 
 
 # -- measuring: the bot's own path, with a null model ----------------------------------------
@@ -651,7 +651,7 @@ async def _worker_phase(app: App, model: str, prompts: list[list[int]], new_toke
     await worker_run(app, model, prompts, min(WARMUP_TOKENS, new_tokens))
     runs, share = await _with_cpu_share(_runs(worker_run, app, model, prompts, new_tokens,
                                               times=repeats if users == 1 else 1))
-    run = max(runs, key=lambda r: _rate(r.tokens, r.seconds))
+    run = max(runs, key=lambda run: _rate(run.tokens, run.seconds))
     _warn_if_short(run.tokens, users * new_tokens, label)
     rate = _rate(run.tokens, run.seconds)
     return Row(label, rate, percentile(run.first_token_seconds, 50), percentile(run.first_token_seconds, 95),

@@ -40,20 +40,18 @@ def next_token(last: int, vocab_size: int) -> int:
 
 def generate_alone(model: Any, pad_token_id: int | None, running: RunningJob, idle_timeout: float,
                    should_hand_off: Callable[[], bool], between_tokens: Callable[[], None] = lambda: None) -> str:
-    """bot/worker/plain.run_plain's contract, for the null model: a token, then the checks
-    generate's stopping criterion makes after every token."""
+    """bot/worker/plain.run_plain's contract, for the null model: a token, then the same checks
+    run_plain makes after every token (take_tokens)."""
+    from bot.worker.plain import take_tokens
+
     vocab_size = model.config.vocab_size
     last = running.continuation_ids()[-1]
     running.last_token_at = time.monotonic()
-    while not running.finished:
+    while True:
         last = next_token(last, vocab_size)
-        running.push([last])
-        between_tokens()
-        if running.job.cancelled.is_set():
-            return "cancelled"
-        if not running.finished and should_hand_off():
-            return "handoff"
-    return "done"
+        reason = take_tokens(running, [last], idle_timeout, should_hand_off, between_tokens)
+        if reason is not None:
+            return reason
 
 
 class _Status:

@@ -60,20 +60,9 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
             last = logits.get("last")
             if last is not None and not math.isfinite(last[0, -1, tokens[-1]].item()):
                 raise NonFiniteLogits("the model produced NaN scores")
-            late = running.idle_for() > idle_timeout  # this token came after the idle timeout
-            handed_on = running.push(tokens)
-            if job.cancelled.is_set():
-                raise _StopGenerating("cancelled")
-            if late:
-                raise _StopGenerating("timeout")
-            if running.finished:  # a stop token (generate itself is given none) or the token limit
-                raise _StopGenerating("done")
-            # the queue is looked at when text went out (the first token, then every text_every),
-            # not after every token: a newcomer joins the batch at most text_every later
-            if handed_on:
-                between_tokens()
-                if should_hand_off():
-                    raise _StopGenerating("handoff")
+            reason = take_tokens(running, tokens, idle_timeout, should_hand_off, between_tokens)
+            if reason is not None:
+                raise _StopGenerating(reason)
 
         def end(self):
             pass
@@ -108,6 +97,28 @@ def run_plain(model: Any, pad_token_id: int | None, running: RunningJob, idle_ti
             raise NonFiniteLogits("the model produced NaN scores") from exc
         raise
     return "done"
+
+
+def take_tokens(running: RunningJob, tokens: list[int], idle_timeout: float, should_hand_off: Callable[[], bool],
+                between_tokens: Callable[[], None]) -> str | None:
+    """A step's new tokens into the job, then the checks the lone path makes after each: why it
+    must stop ("cancelled", "timeout", "done" or "handoff"), or None to go on (run_plain's and
+    the bench's null model's put(): bot/bench_null.py)."""
+    late = running.idle_for() > idle_timeout  # this token came after the idle timeout
+    handed_on = running.push(tokens)
+    if running.job.cancelled.is_set():
+        return "cancelled"
+    if late:
+        return "timeout"
+    if running.finished:  # a stop token (generate itself is given none) or the token limit
+        return "done"
+    # the queue is looked at when text went out (the first token, then every text_every), not
+    # after every token: a newcomer joins the batch at most text_every later
+    if handed_on:
+        between_tokens()
+        if should_hand_off():
+            return "handoff"
+    return None
 
 
 @contextmanager
